@@ -1,0 +1,1 @@
+"""avsed: audio-visual sound event detection with partially missing video."""

@@ -1,0 +1,1 @@
+"""Evaluation: tuned post-processing and the five metrics (CBF1, SBF1, EBF1, PSDS1, PSDS2), reports and plots."""

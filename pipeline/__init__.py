@@ -1,0 +1,1 @@
+"""Extraction stage: DESED manifests, YouTube downloads with an availability ledger, frames, the Zarr store."""

@@ -1,0 +1,218 @@
+"""DESED (DCASE 2020 task 4) metadata: tsv files -> clip records with partition, YouTube id and labels.
+
+Layout as published (paths relative to the metadata and audio roots; all configurable):
+
+    metadata/train/weak.tsv                      filename<TAB>event_labels (comma separated)
+    metadata/train/unlabel_in_domain.tsv         filename
+    metadata/train/synthetic20/soundscapes.tsv   filename<TAB>onset<TAB>offset<TAB>event_label
+    metadata/validation/validation.tsv           same strong columns; a clip without events has empty fields
+    metadata/eval/public.tsv                     same strong columns
+    audio/train/weak/, audio/train/unlabel_in_domain/, audio/train/synthetic20/soundscapes/,
+    audio/validation/, audio/eval/public/
+
+Recorded clips are named `Y<11-character YouTube id>_<start>_<end>.wav`; ids may start with `-` and
+contain `_`. Synthetic soundscapes (`123.wav`) carry no id and are audio-only by construction.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.classes import DESED_CLASSES, UnknownClassError, class_index
+from pipeline.labels import Event
+
+SUPERVISION = ("strong", "weak", "unlabelled")
+
+CLIP_NAME = re.compile(r"^Y(?P<youtube_id>[A-Za-z0-9_-]{11})_(?P<start>\d+(?:\.\d+)?)_(?P<end>\d+(?:\.\d+)?)\.(?:wav|flac)$")
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    """One DESED partition: where its tsv and audio live and what supervision its labels give."""
+
+    name: str
+    metadata: str
+    audio: str
+    supervision: str  # strong | weak | unlabelled
+
+
+# The DCASE 2020 task 4 partitions used by the paper (Table 2).
+DESED_2020_PARTITIONS: tuple[PartitionSpec, ...] = (
+    PartitionSpec("synthetic", "train/synthetic20/soundscapes.tsv", "train/synthetic20/soundscapes", "strong"),
+    PartitionSpec("weak", "train/weak.tsv", "train/weak", "weak"),
+    PartitionSpec("unlabelled", "train/unlabel_in_domain.tsv", "train/unlabel_in_domain", "unlabelled"),
+    PartitionSpec("validation", "validation/validation.tsv", "validation", "strong"),
+    PartitionSpec("eval", "eval/public.tsv", "eval/public", "strong"),
+)
+
+TRAINING_PARTITIONS = ("synthetic", "weak", "unlabelled")
+
+
+@dataclass(frozen=True)
+class YouTubeSegment:
+    youtube_id: str
+    start: float
+    end: float
+
+
+def parse_clip_name(filename: str) -> YouTubeSegment | None:
+    """YouTube id and time range of a DESED recorded clip name, or None for clips without one."""
+    m = CLIP_NAME.match(Path(filename).name)
+    if m is None:
+        return None
+    start, end = float(m["start"]), float(m["end"])
+    if end <= start:
+        return None
+    return YouTubeSegment(m["youtube_id"], start, end)
+
+
+@dataclass(frozen=True)
+class Clip:
+    clip_id: str  # the DESED filename, unique across partitions
+    partition: str
+    supervision: str
+    audio_path: Path
+    segment: YouTubeSegment | None
+    weak_labels: tuple[str, ...] = ()
+    events: tuple[Event, ...] = ()
+
+    @property
+    def youtube_id(self) -> str | None:
+        return self.segment.youtube_id if self.segment else None
+
+
+@dataclass(frozen=True)
+class ManifestProblem:
+    """A line or clip of the metadata that cannot be used; the rest of the manifest still is."""
+
+    file: str
+    line: int | None
+    clip_id: str | None
+    cause: str
+
+    def __str__(self) -> str:
+        where = self.file + (f":{self.line}" if self.line is not None else "")
+        clip = f" clip {self.clip_id}:" if self.clip_id else ""
+        return f"{where}:{clip} {self.cause}"
+
+
+class ManifestError(ValueError):
+    """The metadata cannot be read at all (missing file, wrong header)."""
+
+
+@dataclass
+class Manifest:
+    clips: list[Clip] = field(default_factory=list)
+    problems: list[ManifestProblem] = field(default_factory=list)
+
+    def by_id(self) -> dict[str, Clip]:
+        return {c.clip_id: c for c in self.clips}
+
+
+_STRONG_COLUMNS = ["filename", "onset", "offset", "event_label"]
+
+
+def _read_rows(path: Path, expected: list[str]) -> list[tuple[int, list[str]]]:
+    if not path.is_file():
+        raise ManifestError(f"{path}: metadata file not found")
+    with path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh, delimiter="\t"))
+    if not rows:
+        raise ManifestError(f"{path}: empty metadata file (expected header {'<TAB>'.join(expected)})")
+    header = [h.strip() for h in rows[0]]
+    if header[: len(expected)] != expected:
+        raise ManifestError(f"{path}:1: header {header!r} does not start with {expected!r}")
+    return [(i + 2, r) for i, r in enumerate(rows[1:]) if any(cell.strip() for cell in r)]
+
+
+def read_partition(spec: PartitionSpec, metadata_root: Path, audio_root: Path,
+                   classes: tuple[str, ...] = DESED_CLASSES) -> Manifest:
+    """Read one partition's tsv. Bad lines become `ManifestProblem`s and their clip is left out."""
+    path = Path(metadata_root) / spec.metadata
+    expected = {"strong": _STRONG_COLUMNS, "weak": ["filename", "event_labels"], "unlabelled": ["filename"]}[spec.supervision]
+    rows = _read_rows(path, expected)
+    out = Manifest()
+    weak: dict[str, tuple[str, ...]] = {}
+    events: dict[str, list[Event]] = {}
+    order: list[str] = []
+    bad: set[str] = set()
+    for line, row in rows:
+        name = row[0].strip() if row else ""
+        if not name:
+            out.problems.append(ManifestProblem(str(path), line, None, "empty filename"))
+            continue
+        try:
+            if spec.supervision == "strong":
+                if len(row) < 4:
+                    raise ValueError(f"expected 4 columns ({', '.join(_STRONG_COLUMNS)}), got {len(row)}")
+                onset_s, offset_s, label = (c.strip() for c in row[1:4])
+                if name not in events:
+                    events[name] = []
+                    order.append(name)
+                if not (onset_s or offset_s or label):
+                    continue  # a clip without events
+                onset, offset = float(onset_s), float(offset_s)
+                if not (0.0 <= onset < offset):
+                    raise ValueError(f"onset {onset_s} / offset {offset_s} is not 0 <= onset < offset")
+                class_index(label, classes)
+                events[name].append(Event(onset, offset, label))
+            elif spec.supervision == "weak":
+                if len(row) < 2:
+                    raise ValueError("expected 2 columns (filename, event_labels)")
+                labels = tuple(sorted({x.strip() for x in row[1].split(",") if x.strip()}))
+                for label in labels:
+                    class_index(label, classes)
+                if name in weak:
+                    raise ValueError("duplicate row for this clip")
+                weak[name] = labels
+                order.append(name)
+            else:
+                if name in weak:
+                    raise ValueError("duplicate row for this clip")
+                weak[name] = ()
+                order.append(name)
+        except (ValueError, UnknownClassError) as exc:
+            out.problems.append(ManifestProblem(str(path), line, name, str(exc)))
+            bad.add(name)
+            if name not in order:
+                order.append(name)
+    for name in order:
+        if name in bad:
+            continue
+        evs = tuple(sorted(events.get(name, ()), key=lambda e: (e.onset, e.label)))
+        labels = weak.get(name, tuple(sorted({e.label for e in evs})))
+        out.clips.append(Clip(
+            clip_id=name, partition=spec.name, supervision=spec.supervision,
+            audio_path=Path(audio_root) / spec.audio / name, segment=parse_clip_name(name),
+            weak_labels=labels, events=evs,
+        ))
+    return out
+
+
+def read_manifest(metadata_root: str | Path, audio_root: str | Path,
+                  partitions: tuple[PartitionSpec, ...] = DESED_2020_PARTITIONS,
+                  classes: tuple[str, ...] = DESED_CLASSES,
+                  skip_missing_partitions: bool = False) -> Manifest:
+    """All partitions, in order. A clip name that appears in two partitions is a problem for both."""
+    merged = Manifest()
+    seen: dict[str, str] = {}
+    for spec in partitions:
+        try:
+            part = read_partition(spec, Path(metadata_root), Path(audio_root), classes)
+        except ManifestError:
+            if skip_missing_partitions and not (Path(metadata_root) / spec.metadata).exists():
+                continue
+            raise
+        merged.problems.extend(part.problems)
+        for clip in part.clips:
+            if clip.clip_id in seen:
+                merged.problems.append(ManifestProblem(
+                    str(Path(metadata_root) / spec.metadata), None, clip.clip_id,
+                    f"duplicate clip name: already listed in partition {seen[clip.clip_id]!r}"))
+                continue
+            seen[clip.clip_id] = spec.name
+            merged.clips.append(clip)
+    return merged
