@@ -1,0 +1,214 @@
+"""The `avsed` command: synth, serve-videos, extract, status, train, evaluate, report, serve, demo.
+
+Each subcommand parses flags and calls one plain function of the packages; imports are lazy so that
+`avsed status` does not pay for torch and Prefect.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from pipeline.synth import SynthConfig, make_synthetic_dataset
+
+    summary = make_synthetic_dataset(args.out, SynthConfig(clips=args.clips, seed=args.seed,
+                                                           missing_fraction=args.missing_fraction))
+    print(summary)
+    return 0
+
+
+def cmd_serve_videos(args: argparse.Namespace) -> int:
+    from pipeline.serve import serve_videos
+
+    print(f"serving {args.directory} on http://{args.host}:{args.port}/<youtube_id>.mp4 (Ctrl-C or SIGTERM stops)")
+    serve_videos(args.directory, args.port, args.host)
+    return 0
+
+
+def extract_config_from_args(args: argparse.Namespace):
+    from pipeline.extract import ExtractConfig
+
+    overrides = {
+        "metadata": args.metadata, "audio_dir": args.audio_dir, "store": args.store,
+        "features": _csv(args.features) if args.features else None,
+        "recheck_missing": True if args.recheck_missing else None,
+        "allow_random_weights": True if args.allow_random_weights else None,
+        "frame_size": args.frame_size, "batch_clips": args.batch_clips,
+    }
+    download = {"url_template": args.url_template, "concurrency": args.concurrency,
+                "keep_videos": True if args.keep_videos else None}
+    download = {k: v for k, v in download.items() if v is not None}
+    if args.config:
+        cfg = ExtractConfig.from_yaml(args.config, **{k: v for k, v in overrides.items() if v is not None})
+    else:
+        missing = [f for f in ("metadata", "audio_dir", "store") if overrides[f] is None]
+        if missing:
+            raise SystemExit(f"avsed extract: missing --{', --'.join(m.replace('_', '-') for m in missing)} (or --config)")
+        cfg = ExtractConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    if download:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, download=dataclasses.replace(cfg.download, **download))
+    return cfg
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    cfg = extract_config_from_args(args)
+    if args.engine == "plain":
+        from pipeline.extract import run_extraction
+
+        report = run_extraction(cfg, progress=not args.json).to_dict()
+    else:
+        from flows.extract import extract_features
+
+        report = extract_features(config=cfg.to_dict(), dask_address=args.dask_address)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        _print_report(report)
+    return 0
+
+
+def _print_report(report: dict) -> None:
+    print(f"clips {report['clips']} ({report['new_clips']} new); audio features computed {report['audio_computed']}, "
+          f"audio failures {report['audio_failed']}")
+    print(f"videos downloaded {report['videos_downloaded']}, missing {report['videos_missing']}, "
+          f"failed (retried next run) {report['videos_failed']}, corrupt {report['videos_corrupt']}, "
+          f"vanished since cached {report['newly_missing_cached']}")
+    print(f"video features computed {report['video_computed']}; {len(report['manifest_problems'])} manifest problems; "
+          f"{report['seconds']:.1f} s")
+    for p in report["manifest_problems"][:20]:
+        print(f"  manifest problem: {p}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from pipeline.status import format_status, store_status
+
+    status = store_status(args.store)
+    print(json.dumps(status) if args.json else format_status(status))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.cli import run_train
+
+    return run_train(args)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from evaluation.cli import run_evaluate
+
+    return run_evaluate(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from evaluation.cli import run_report
+
+    return run_report(args)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from flows.serve import serve_deployments
+
+    serve_deployments(name=args.name, limit=args.limit)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from avsed.demo import run_demo
+
+    return run_demo(out_dir=Path(args.out), quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="avsed", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="write a small DESED-shaped synthetic data set")
+    s.add_argument("out")
+    s.add_argument("--clips", type=int, default=120)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--missing-fraction", type=float, default=0.155)
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("serve-videos", help="serve DIR/<youtube_id>.mp4 on 127.0.0.1 (absent ids answer 404)")
+    s.add_argument("directory")
+    s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--host", default="127.0.0.1")
+    s.set_defaults(func=cmd_serve_videos)
+
+    s = sub.add_parser("extract", help="run the extract-features flow in this process")
+    s.add_argument("--metadata")
+    s.add_argument("--audio-dir")
+    s.add_argument("--store")
+    s.add_argument("--features", help="comma separated: logmel,openl3,vgg16,tce")
+    s.add_argument("--url-template", help="video URL with a {youtube_id} field")
+    s.add_argument("--config", help="YAML file of ExtractConfig fields; flags override it")
+    s.add_argument("--recheck-missing", action="store_true", help="retry videos recorded as permanently missing")
+    s.add_argument("--allow-random-weights", action="store_true",
+                   help="use seeded random weights when a weights file is absent (recorded as weights: random)")
+    s.add_argument("--keep-videos", action="store_true")
+    s.add_argument("--concurrency", type=int)
+    s.add_argument("--frame-size", type=int)
+    s.add_argument("--batch-clips", type=int)
+    s.add_argument("--engine", choices=("prefect", "plain"), default="prefect",
+                   help="prefect: the extract-features flow in-process; plain: the same stages without Prefect")
+    s.add_argument("--dask-address", help="tcp://host:port of a dask.distributed scheduler to run tasks on")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_extract)
+
+    s = sub.add_parser("status", help="what a store holds")
+    s.add_argument("store")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("train", help="train a model on a cached store")
+    s.add_argument("--store", required=True)
+    s.add_argument("--config", help="YAML training config (configs/*.yaml)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--resume", action="store_true")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--steps", type=int)
+    s.add_argument("--device")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="tune on validation, report on eval")
+    s.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
+    s.add_argument("--store", required=True)
+    s.add_argument("--audio-weight", type=float, help="force the audio interpolation weight (1 ignores video)")
+    s.add_argument("--split-by-availability", action="store_true")
+    s.add_argument("--out", help="output folder (default <run>/evaluation)")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("report", help="aggregate evaluated runs (seeds) into mean ± std tables and plots")
+    s.add_argument("runs", nargs="+")
+    s.add_argument("--out", default="report")
+    s.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("serve", help="serve the Prefect deployments extract-features/<name> and train/<name>")
+    s.add_argument("--name", default="default")
+    s.add_argument("--limit", type=int, default=None)
+    s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("demo", help="the whole mission on a synthetic data set")
+    s.add_argument("--out", default="demo-out")
+    s.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
