@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from features.base import AudioExtractor, FeatureExtractor, FrameExtractor, build_extractor, extractor_class
 from pipeline.audio import AudioError, load_clip_audio
-from pipeline.download import DownloadConfig, DownloadResult, download_clip, probe_clip
+from pipeline.download import DownloadConfig, DownloadResult, download_clips, probe_clip
 from pipeline.frames import VideoError, decode_frames
 from pipeline.ledger import Ledger
 from pipeline.labels import ClipTiming
@@ -273,21 +273,15 @@ class DecodedClip:
 
 
 def download_videos(config: ExtractConfig, jobs: list[VideoJob], progress: bool = False) -> list[DownloadResult]:
-    """Download each clip's time range; every outcome goes into the ledger."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    out_dir = config.video_path
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ledger = Ledger(config.ledger_path)
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, config.download.concurrency)) as pool:
-            results = list(tqdm(pool.map(lambda j: download_clip(j.clip_id, j.segment, out_dir, config.download), jobs),
-                                total=len(jobs), desc="download", unit="clip", disable=not progress))
-        for r in results:
+    """Download each clip's time range (concurrently); every outcome goes into the ledger."""
+    results = []
+    with Ledger(config.ledger_path) as ledger:
+        for r in download_clips([(j.clip_id, j.segment) for j in jobs], config.video_path, config.download,
+                                progress=progress):
             ledger.record(r.clip_id, r.youtube_id, r.status, r.reason, r.message)
-    finally:
-        ledger.close()
-    return results
+            results.append(r)
+    order = {j.clip_id: i for i, j in enumerate(jobs)}
+    return sorted(results, key=lambda r: order[r.clip_id])  # deterministic order for the batch that follows
 
 
 def decode_videos(config: ExtractConfig, jobs: list[VideoJob], downloads: list[DownloadResult],
@@ -301,9 +295,9 @@ def decode_videos(config: ExtractConfig, jobs: list[VideoJob], downloads: list[D
             if r.status != "available" or r.path is None:
                 continue
             try:
-                frames = decode_frames(r.path, r.clip_id, timing, size=config.frame_size)
+                frames = decode_frames(r.path, r.clip_id, timing, size=config.frame_size, start=r.clip_start)
             except VideoError as exc:
-                ledger.record(r.clip_id, r.youtube_id, "missing", "corrupt", str(exc))
+                ledger.record(r.clip_id, r.youtube_id, "missing", exc.reason, str(exc))
                 _remove_video(config, r.path, force=True)
                 continue
             decoded.append(DecodedClip(by_id[r.clip_id], frames.frames, frames.valid))

@@ -10,8 +10,8 @@ Layout as published (paths relative to the metadata and audio roots; all configu
     audio/train/weak/, audio/train/unlabel_in_domain/, audio/train/synthetic20/soundscapes/,
     audio/validation/, audio/eval/public/
 
-Recorded clips are named `Y<11-character YouTube id>_<start>_<end>.wav`; ids may start with `-` and
-contain `_`. Synthetic soundscapes (`123.wav`) carry no id and are audio-only by construction.
+Recorded clips are named `Y<11-character YouTube id>_<start>_<end>.wav` (eval: without the `Y`, whole
+seconds); ids may start with `-` and contain `_`. Synthetic soundscapes (`123.wav`) carry no id and are audio-only by construction.
 """
 
 from __future__ import annotations
@@ -26,7 +26,12 @@ from pipeline.labels import Event
 
 SUPERVISION = ("strong", "weak", "unlabelled")
 
-CLIP_NAME = re.compile(r"^Y(?P<youtube_id>[A-Za-z0-9_-]{11})_(?P<start>\d+(?:\.\d+)?)_(?P<end>\d+(?:\.\d+)?)\.(?:wav|flac)$")
+# Train and validation names carry a leading "Y"; the public eval set (eval/public.tsv) drops it and writes
+# whole seconds ("1Ro0FgMWTUE_120_130.wav"). The two cannot be confused: 12 vs 11 characters before the times.
+CLIP_NAMES = (
+    re.compile(r"^Y(?P<youtube_id>[A-Za-z0-9_-]{11})_(?P<start>\d+(?:\.\d+)?)_(?P<end>\d+(?:\.\d+)?)\.(?:wav|flac)$"),
+    re.compile(r"^(?P<youtube_id>[A-Za-z0-9_-]{11})_(?P<start>\d+(?:\.\d+)?)_(?P<end>\d+(?:\.\d+)?)\.(?:wav|flac)$"),
+)
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,8 @@ class YouTubeSegment:
 
 def parse_clip_name(filename: str) -> YouTubeSegment | None:
     """YouTube id and time range of a DESED recorded clip name, or None for clips without one."""
-    m = CLIP_NAME.match(Path(filename).name)
+    name = Path(filename).name
+    m = next((m for m in (p.match(name) for p in CLIP_NAMES) if m), None)
     if m is None:
         return None
     start, end = float(m["start"]), float(m["end"])

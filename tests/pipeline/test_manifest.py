@@ -45,6 +45,8 @@ def test_reads_all_partitions_with_labels(desed):
 
 def test_clip_names():
     assert parse_clip_name("Y--HhpNOZFoQ_0.000_5.000.wav").youtube_id == "--HhpNOZFoQ"
+    eval_name = parse_clip_name("1Ro0FgMWTUE_120_130.wav")  # eval/public.tsv: no "Y", whole seconds
+    assert (eval_name.youtube_id, eval_name.start, eval_name.end) == ("1Ro0FgMWTUE", 120.0, 130.0)
     assert parse_clip_name("123.wav") is None
     assert parse_clip_name("Ytooshort_0.000_10.000.wav") is None
     assert parse_clip_name("Yabcdefghijk_10.000_5.000.wav") is None  # end before start

@@ -1,0 +1,117 @@
+"""Video frames of a clip: 64 RGB frames sampled evenly over 10 s (about 6.4 fps), as the paper's
+visual embeddings expect (section 3.1.2: "still images are sampled ... at a rate of about 6.5 fps").
+
+One ffmpeg process per clip (through ffmpeg-python) decodes, samples and resizes:
+`-vf fps=6.4,scale=224:224` to raw RGB. With the fps filter's default rounding (`round=near`) an
+input frame at time t is assigned to output tick round(t * 6.4), and tick k repeats the last frame
+assigned at or before it, so output frame k is the picture on screen at time (k + 0.5) / 6.4: exactly
+the slice centres of `ClipTiming.video_frame_times()` (tested with a video whose colour encodes time).
+
+Resizing is a plain scale to size x size (aspect ratio not kept, no crop), as OpenL3's image
+pipeline does (it resizes whole frames to 224 x 224); the visual extractors take the frames as they are.
+
+Frames whose time lies beyond the real video duration are zeros with `valid` False. Files ffmpeg
+cannot decode (random bytes, truncated, no video stream, zero frames) raise `VideoError` with a
+cause starting "corrupt:"; still images and black screens are valid video and decode normally.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import ffmpeg
+import numpy as np
+
+from pipeline.ffmpeg_bin import ffmpeg_exe
+from pipeline.labels import ClipTiming
+
+_DURATION = re.compile(rb"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
+
+
+class VideoError(RuntimeError):
+    """A clip's video cannot be used; `cause` starts with the ledger reason (`corrupt: ...`)."""
+
+    def __init__(self, clip_id: str, cause: str):
+        super().__init__(f"clip {clip_id}: video unusable: {cause}")
+        self.clip_id = clip_id
+        self.cause = cause
+
+    @property
+    def reason(self) -> str:
+        """The ledger reason class (the cause's first word), e.g. `corrupt`."""
+        return self.cause.split(":", 1)[0]
+
+
+@dataclass
+class ClipFrames:
+    frames: np.ndarray  # uint8 (T, size, size, 3) RGB; padding frames are zeros
+    valid: np.ndarray  # (T,) bool: the frame time lies inside the real video duration
+    duration: float  # seconds of video from the clip start, capped at the clip length
+
+
+def parse_duration(stderr: bytes) -> float | None:
+    """Container duration from ffmpeg's banner (`Duration: 00:00:06.00`), None if absent or N/A."""
+    m = _DURATION.search(stderr)
+    if m is None:
+        return None
+    h, mnt, s = m.groups()
+    return int(h) * 3600 + int(mnt) * 60 + float(s)
+
+
+def _stderr_cause(stderr: bytes) -> str:
+    """The most telling line of ffmpeg's error output (its last non-empty lines name the failure)."""
+    lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
+    if any("matches no streams" in ln or "does not contain any stream" in ln for ln in lines):
+        return "no video stream"
+    for ln in reversed(lines):
+        if not ln.startswith(("Conversion failed", "Error opening output", "Exiting")):
+            return ln[:300]
+    return "ffmpeg failed"
+
+
+def decode_frames(path: str | Path, clip_id: str, timing: ClipTiming = ClipTiming(), size: int = 224,
+                  start: float = 0.0) -> ClipFrames:
+    """Decode `timing.video_frames` RGB frames of `size` x `size` from the video at `path`.
+
+    `start` is where the clip begins inside the file (0 for a partial download that holds just the
+    clip's range; the clip's start time when the whole video was downloaded).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(clip_id, f"corrupt: no video file at {path}")
+    n = timing.video_frames
+    input_args = {"t": timing.clip_seconds}
+    if start > 0:
+        input_args["ss"] = start
+    stream = (
+        ffmpeg.input(str(path), **input_args)["v:0"]
+        .filter("fps", fps=timing.video_fps)
+        .filter("scale", size, size)
+        .output("pipe:", format="rawvideo", pix_fmt="rgb24", frames=n)
+        .global_args("-nostdin", "-hide_banner")
+    )
+    try:
+        out, err = stream.run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True, quiet=True)
+    except ffmpeg.Error as exc:
+        raise VideoError(clip_id, f"corrupt: {_stderr_cause(exc.stderr or b'')}") from None
+    frame_bytes = size * size * 3
+    decoded = len(out) // frame_bytes
+    if decoded == 0:
+        raise VideoError(clip_id, f"corrupt: no video frames decoded ({_stderr_cause(err)})")
+    got = np.frombuffer(out[: decoded * frame_bytes], dtype=np.uint8).reshape(decoded, size, size, 3)
+
+    container = parse_duration(err)
+    duration = container - start if container is not None else decoded / timing.video_fps
+    # a file whose index promises more than decodes (damaged tail) is only as long as what decoded;
+    # one frame of slack because the fps filter's last tick is rounded
+    if decoded < n and decoded + 1 < duration * timing.video_fps:
+        duration = decoded / timing.video_fps
+    duration = min(duration, timing.clip_seconds)
+    valid = timing.video_frame_times() < duration
+    valid[decoded:] = False
+    frames = np.zeros((n, size, size, 3), dtype=np.uint8)
+    k = int(valid.sum())
+    frames[:k] = got[:k]
+    return ClipFrames(frames=frames, valid=valid, duration=float(max(duration, 0.0)))
