@@ -258,3 +258,17 @@ def test_default_format_choice(offered, chosen):
             "webpage_url": "https://www.youtube.com/watch?v=abcdefghijk", "formats": [dict(formats[f]) for f in offered]}
     with yt_dlp.YoutubeDL({"format": cfg.format, "format_sort": list(cfg.format_sort), "quiet": True}) as ydl:
         assert ydl.process_video_result(info, download=False)["format_id"] == chosen
+
+
+@pytest.mark.parametrize("youtube_id,status,reason", [
+    (LONG, "available", None), ("NotThereXYZ", "missing", "not_found"), (GONE, "missing", "removed"),
+])
+def test_probe_tells_whether_a_cached_clip_still_exists_without_downloading(config, tmp_path, youtube_id,
+                                                                             status, reason, monkeypatch):
+    from pipeline.download import probe_clip
+
+    monkeypatch.chdir(tmp_path)
+    name, seg = _clip(youtube_id, 0.0, 10.0)
+    result = probe_clip(name, seg, config)
+    assert (result.status, result.reason, result.path) == (status, reason, None)
+    assert list(tmp_path.iterdir()) == []
