@@ -1,0 +1,94 @@
+"""A real Prefect server on 127.0.0.1, served deployments, and `prefect deployment run extract-features/<name>`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.store import FeatureStore
+from pipeline.serve import VideoServer
+from tests.flows.conftest import copy_set, extract_config
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"{what}: process exited with {proc.returncode}")
+        try:
+            if predicate():
+                return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def prefect_env(tmp_path):
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DO_NOT_TRACK": "1", "PREFECT_RUNNER_POLL_FREQUENCY": "1", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2).status == 200,
+                 120, "prefect server health", server)
+        yield env
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+        log.close()
+
+
+def test_deployment_run_completes_and_matches_in_process_run(prefect_env, reference_run, tmp_path):
+    ref_data, ref_cfg, _ = reference_run
+    data = copy_set(ref_data, tmp_path / "data")
+    store = tmp_path / "features.zarr"
+    env = prefect_env
+    serve_log = open(tmp_path / "serve.log", "w")
+    serving = subprocess.Popen([str(BIN / "avsed"), "serve", "--name", "ci"], env=env, stdout=serve_log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def deployment_exists() -> bool:
+            out = subprocess.run([str(BIN / "prefect"), "deployment", "inspect", "extract-features/ci"], env=env,
+                                 capture_output=True, text=True, timeout=60)
+            return out.returncode == 0
+        wait_for(deployment_exists, 120, "deployment extract-features/ci", serving)
+        with VideoServer(data / "videos") as videos:
+            cfg = extract_config(data, store, videos.url_template)
+            params = json.dumps({"config": cfg.to_dict()})
+            run = subprocess.run([str(BIN / "prefect"), "deployment", "run", "extract-features/ci", "--params", params,
+                                  "--watch", "--watch-timeout", "300"],
+                                 env=env, capture_output=True, text=True, timeout=360)
+        assert run.returncode == 0, run.stdout + run.stderr
+        assert "Completed" in run.stdout + run.stderr
+    finally:
+        os.killpg(serving.pid, signal.SIGTERM)
+        serving.wait(timeout=30)
+        serve_log.close()
+    got, want = FeatureStore.open(store), FeatureStore.open(ref_cfg.store)
+    assert list(got.clip_ids()) == list(want.clip_ids())
+    for name in ("logmel", "openl3"):
+        np.testing.assert_array_equal(got.mask(name), want.mask(name))
+        np.testing.assert_array_equal(got.read_feature(name), want.read_feature(name))
