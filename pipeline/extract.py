@@ -50,6 +50,10 @@ class ExtractConfig:
     recheck_available: bool = True  # probe cached clips' videos so newly vanished ones are recorded
     allow_random_weights: bool = False
     batch_clips: int = 16  # clips per video batch (one download/decode/embed/write round)
+    # False: each clip's frames form their own network batches, so a resumed run writes bit-identical
+    # embeddings. True: the frames of all clips of a video batch share network batches (fuller GPU batches;
+    # results may differ in the last bit from a run with other batch boundaries).
+    cross_clip_batches: bool = False
     compute_stats: bool = True
 
     @property
@@ -315,16 +319,24 @@ class EmbeddedBatch:
 
 
 def embed_frames(config: ExtractConfig, decoded: list[DecodedClip], feature: str) -> EmbeddedBatch:
-    """One image-model call over the frames of many clips (batched inside the extractor)."""
+    """Embeddings of every decoded clip that still lacks `feature`.
+
+    By default each clip's 64 frames go through the network as their own batch(es): CPU and GPU kernels may
+    round differently for other batch sizes, and a clip's embedding must not depend on which other clips
+    shared its batch, so that a resumed run writes exactly what an uninterrupted one would. 64 frames of a
+    224 px image CNN are a sizeable batch already; `cross_clip_batches` pools the frames of all clips instead.
+    """
     todo = [d for d in decoded if feature in d.job.features]
     if not todo:
         return EmbeddedBatch(feature, [], [], [])
     ex = get_extractor(config, feature)
-    frames = np.concatenate([d.frames for d in todo], axis=0)
-    emb = ex.embed(frames)
-    t = todo[0].frames.shape[0]
-    data = [emb[i * t:(i + 1) * t] for i in range(len(todo))]
-    # Padded frames (beyond a short video's end) keep their embedding of a black frame but are masked out.
+    # Padded frames (beyond a short video's end) are embedded as the black frames they are, but masked out.
+    if config.cross_clip_batches:
+        emb = ex.embed(np.concatenate([d.frames for d in todo], axis=0))
+        t = todo[0].frames.shape[0]
+        data = [emb[i * t:(i + 1) * t] for i in range(len(todo))]
+    else:
+        data = [ex.embed(d.frames) for d in todo]
     return EmbeddedBatch(feature, [d.job.row for d in todo], data, [d.valid for d in todo])
 
 

@@ -12,7 +12,9 @@ from pipeline.extract import ExtractConfig, run_extraction
 from pipeline.serve import VideoServer
 from pipeline.synth import SynthConfig, make_synthetic_dataset
 
-E2E_FEATURES = ("logmel", "openl3")
+E2E_FEATURES = ("logmel", "openl3", "vgg16", "tce")
+# The synthetic videos are 64 px: frames and network inputs at 64 px keep CI fast (recorded in provenance).
+SMALL_IMAGES = {name: {"input_size": 64} for name in ("openl3", "vgg16", "tce")}
 
 
 @pytest.fixture(scope="session")
@@ -31,6 +33,8 @@ def extract_config(data: Path, store: Path, url_template: str, **kw) -> ExtractC
     kw.setdefault("features", E2E_FEATURES)
     kw.setdefault("allow_random_weights", True)
     kw.setdefault("batch_clips", 4)
+    kw.setdefault("frame_size", 64)
+    kw.setdefault("extractor_configs", SMALL_IMAGES)
     kw.setdefault("download", DownloadConfig(url_template=url_template))
     return ExtractConfig(metadata=str(data / "metadata"), audio_dir=str(data / "audio"), store=str(store),
                          **kw)

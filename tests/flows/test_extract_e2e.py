@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from pipeline.extract import run_extraction
 from pipeline.ledger import Ledger
@@ -34,6 +34,10 @@ def test_store_shapes_masks_ledger_and_provenance(reference_run):
     assert n == 12 and report.new_clips == 12
     assert store.group["logmel"].shape == (n, 512, 64)
     assert store.group["openl3"].shape == (n, 64, 512)
+    assert store.group["vgg16"].shape == (n, 64, 4096)
+    assert store.group["tce"].shape == (n, 64, 2048)
+    for name in ("vgg16", "tce"):  # every visual feature's mask agrees with the ledger, as openl3's below
+        np.testing.assert_array_equal(store.present(name), store.present("openl3"))
     assert store.present("logmel").all()
     ledger = Ledger(cfg.ledger_path)
     entries = ledger.entries()
@@ -51,8 +55,9 @@ def test_store_shapes_masks_ledger_and_provenance(reference_run):
         else:  # content, still image and black screen videos are all available
             assert entry.status == "available" and present[row], (cid, entry)
     assert report.videos_downloaded == int(present.sum())
-    prov = store.provenance("openl3")
-    assert prov["extractor"] == "openl3" and prov["weights"] == "random"
+    for name in ("openl3", "vgg16", "tce"):
+        prov = store.provenance(name)
+        assert prov["extractor"] == name and prov["weights"] == "random" and prov["config"]["input_size"] == 64
     assert store.provenance("logmel")["weights"] == "none"
     mean, std = store.stats("logmel")
     assert mean.shape == (64,) and np.all(std > 0)
@@ -137,11 +142,11 @@ def test_killed_run_resumes_to_the_same_store(reference_run, tmp_path):
     data = copy_set(ref_data, tmp_path / "data")
     store_path = tmp_path / "features.zarr"
     with VideoServer(data / "videos") as server:
-        args = [sys.executable, "-m", "avsed.cli", "extract", "--engine", "plain", "--metadata", str(data / "metadata"),
-                "--audio-dir", str(data / "audio"), "--store", str(store_path), "--features", "logmel,openl3",
-                "--allow-random-weights", "--batch-clips", "4", "--url-template", server.url_template, "--json"]
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        cfg = extract_config(data, store_path, server.url_template)
+        (tmp_path / "extract.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+        args = [sys.executable, "-m", "avsed.cli", "extract", "--engine", "plain", "--config",
+                str(tmp_path / "extract.yaml"), "--json"]
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         killed_at = None
         deadline = time.time() + 240
         while time.time() < deadline and proc.poll() is None:
@@ -158,7 +163,7 @@ def test_killed_run_resumes_to_the_same_store(reference_run, tmp_path):
         assert killed_at is not None, "the run finished before it could be killed"
         total = int(FeatureStore.open(ref_cfg.store).present("openl3").sum())
         assert killed_at < total
-        run_extraction(extract_config(data, store_path, server.url_template), progress=False)
+        run_extraction(cfg, progress=False)
     got, want = _arrays(store_path), _arrays(Path(ref_cfg.store))
     assert got.keys() == want.keys()
     for name in want:
