@@ -185,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--store", required=True)
     s.add_argument("--audio-weight", type=float, help="force the audio interpolation weight (1 ignores video)")
     s.add_argument("--split-by-availability", action="store_true")
+    s.add_argument("--tune-audio-weight", action="store_true",
+                   help="choose the audio weight among 0.25, 0.5, 0.75, 0.875 by validation EBF1 (paper 3.2.2)")
     s.add_argument("--out", help="output folder (default <run>/evaluation)")
     s.set_defaults(func=cmd_evaluate)
 

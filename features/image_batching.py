@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import threading
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,6 +128,9 @@ def check_frames(frames: np.ndarray) -> np.ndarray:
     return frames
 
 
+_RANDOM_INIT_LOCK = threading.Lock()
+
+
 class TorchImageExtractor(FrameExtractor):
     """Base of the PyTorch frame embeddings: lazy model, weights lookup, batched inference."""
 
@@ -140,6 +144,9 @@ class TorchImageExtractor(FrameExtractor):
         self._net: torch.nn.Module | None = None
         self._device: torch.device | None = None
         self._weights: tuple[Path | None, str] | None = None  # (file or None for random, provenance)
+        # One instance may serve several task threads (Prefect / Dask); building and fusing the network in
+        # place must happen once, not concurrently.
+        self._load_lock = threading.Lock()
         # Counters for the benchmark and the flow's logs: frames asked for vs forward passes actually run.
         self.frames_seen = 0
         self.frames_computed = 0
@@ -200,13 +207,19 @@ class TorchImageExtractor(FrameExtractor):
 
     def load(self) -> "TorchImageExtractor":
         """Build the network and load its weights now (raises the weights errors early); idempotent."""
-        if self._net is not None:
-            return self
+        with self._load_lock:
+            if self._net is None:
+                self._load()
+        return self
+
+    def _load(self) -> None:
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)
         path, _ = self._resolve_weights()
         if path is None:
-            with torch.random.fork_rng(devices=[]):
+            # torch's RNG is process-wide: two threads initialising two models at once would interleave their
+            # draws and make the "seeded" random weights depend on timing. One initialisation at a time.
+            with _RANDOM_INIT_LOCK, torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.config.seed)
                 net = self.build_network()
         else:
@@ -224,7 +237,6 @@ class TorchImageExtractor(FrameExtractor):
         if self.config.channels_last:
             net = net.to(memory_format=torch.channels_last)
         self._net = net
-        return self
 
     # --- inference --------------------------------------------------------------------------------------
     def _prepare(self, batch: np.ndarray) -> torch.Tensor:

@@ -1,0 +1,47 @@
+"""`avsed evaluate` and `avsed report`: argument handling around evaluation.run and evaluation.report."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from evaluation.evaluate import EvaluationResult
+from evaluation.plots import plot_psd_roc
+from evaluation.report import group_by_model, load_results, write_report
+from evaluation.run import PAPER_AUDIO_WEIGHTS, evaluate_checkpoint, metrics_markdown
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    ckpt = Path(args.checkpoint)
+    run_dir = ckpt if ckpt.is_dir() else ckpt.parent
+    out = Path(args.out) if args.out else run_dir / "evaluation"
+    grid = None if args.audio_weight is not None else PAPER_AUDIO_WEIGHTS if args.tune_audio_weight else None
+    ev = evaluate_checkpoint(ckpt, args.store, out, audio_weight=args.audio_weight,
+                             split_by_availability=args.split_by_availability, audio_weight_grid=grid)
+    print(f"{ev.result.info['model']} (seed {ev.result.info['seed']}), values in %:")
+    print(metrics_markdown(ev.result))
+    print(f"written to {out}")
+    return 0
+
+
+def _result_paths(items: list[str]) -> list[Path]:
+    paths = []
+    for item in items:
+        p = Path(item)
+        for candidate in (p, p / "result.json", p / "evaluation" / "result.json"):
+            if candidate.is_file():
+                paths.append(candidate)
+                break
+        else:
+            raise SystemExit(f"avsed report: no evaluation result in {p} (run `avsed evaluate` on it first)")
+    return paths
+
+
+def run_report(args: argparse.Namespace) -> int:
+    results = load_results(_result_paths(args.runs))
+    paths = write_report(results, args.out)
+    # One PSD-ROC curve per model: its first seed's curve (the table carries the mean ± std).
+    firsts: dict[str, EvaluationResult] = {name: rs[0] for name, rs in group_by_model(results).items()}
+    plot_psd_roc(firsts, Path(args.out) / "psd_roc.png")
+    print(paths["markdown"].read_text())
+    return 0

@@ -1,0 +1,127 @@
+"""Evaluate a trained run: predict validation and eval from the store, tune on validation, score eval, write outputs.
+
+Outputs in the run's `evaluation/` folder: `result.json` (everything, for `avsed report`), `metrics.md`
+(the five metrics per set), `per_class.png`, `psd_roc.png` and example-clip plots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from evaluation.evaluate import METRICS, EvaluationConfig, EvaluationResult, evaluate, score, tune
+from evaluation.plots import plot_example_clip, plot_per_class, plot_psd_roc
+from evaluation.predictions import Predictions
+from pipeline.labels import LabelEncoder
+from pipeline.store import FeatureStore
+from training.config import TrainConfig
+from training.predict import load_checkpoint, predict
+
+# The paper's inference options for the audio interpolation weight (3.2.2), tuned on validation EBF1.
+PAPER_AUDIO_WEIGHTS = (0.25, 0.5, 0.75, 0.875)
+
+
+def model_name(config: TrainConfig) -> str:
+    """What distinguishes runs that are seeds of the same model (the report averages over those)."""
+    streams = "+".join(config.encoders)
+    if len(config.encoders) == 1:
+        return f"{config.model.architecture} {streams}"
+    w = config.interpolation_weights
+    weights = "random" if w == "random" else ("equal" if w is None else "/".join(f"{x:g}" for x in w))
+    return f"{config.model.architecture} {streams} ({weights} weights)"
+
+
+def to_evaluation(p) -> Predictions:
+    """training.predict output -> evaluation.Predictions."""
+    return Predictions(clip_ids=p.clip_ids, frame_probs=p.frame_probs, clip_probs=p.clip_probs, events=p.events,
+                       durations=p.durations, video_available=p.video_available, classes=p.classes, timing=p.timing)
+
+
+@dataclass
+class RunEvaluation:
+    result: EvaluationResult
+    out_dir: Path | None
+    test: Predictions
+
+
+def choose_audio_weight(checkpoint: str | Path, store: str | Path, grid: Sequence[float],
+                        config: EvaluationConfig = EvaluationConfig(), device: str = "auto") -> tuple[float, dict]:
+    """The audio weight with the best validation EBF1 (tuned and scored on validation, as the paper does)."""
+    scores = {}
+    for w in grid:
+        val = to_evaluation(predict(checkpoint, store, ["validation"], audio_weight=w, device=device))
+        scores[float(w)] = score(val, tune(val, config), config).metrics["ebf1"]
+    best = max(scores, key=lambda w: (scores[w], w))
+    return best, scores
+
+
+def evaluate_checkpoint(checkpoint: str | Path, store: str | Path, out_dir: str | Path | None = None,
+                        audio_weight: float | None = None, split_by_availability: bool = False,
+                        audio_weight_grid: Sequence[float] | None = None, config: EvaluationConfig = EvaluationConfig(),
+                        validation_partition: str = "validation", test_partition: str = "eval",
+                        device: str = "auto", example_clips: int = 2) -> RunEvaluation:
+    ckpt = load_checkpoint(checkpoint)
+    train_config = TrainConfig.from_dict(ckpt["config"])
+    info = {"model": model_name(train_config), "seed": train_config.seed, "checkpoint": str(checkpoint),
+            "step": int(ckpt.get("step", -1)), "encoders": list(train_config.encoders)}
+    multi = len(train_config.encoders) > 1
+    if audio_weight is None and audio_weight_grid and multi:
+        audio_weight, grid_scores = choose_audio_weight(checkpoint, store, audio_weight_grid, config, device)
+        info["audio_weight_validation_ebf1"] = grid_scores
+    info["audio_weight"] = audio_weight
+    val = to_evaluation(predict(checkpoint, store, [validation_partition], audio_weight=audio_weight, device=device))
+    test = to_evaluation(predict(checkpoint, store, [test_partition], audio_weight=audio_weight, device=device))
+    audio_only = None
+    if split_by_availability and multi and audio_weight != 1.0:
+        audio_only = to_evaluation(predict(checkpoint, store, [test_partition], audio_weight=1.0, device=device))
+    result = evaluate(val, test, config, split_by_availability=split_by_availability, audio_only_test=audio_only,
+                      info=info)
+    out = None
+    if out_dir is not None:
+        out = write_outputs(result, test, store, Path(out_dir), example_clips)
+    return RunEvaluation(result, out, test)
+
+
+def metrics_markdown(result: EvaluationResult) -> str:
+    rows = ["| set | clips | " + " | ".join(m.upper() for m in METRICS) + " |",
+            "|---|---:|" + "---:|" * len(METRICS)]
+    for name, s in result.sets.items():
+        vals = " | ".join("" if s.metrics.get(m) is None else f"{100 * s.metrics[m]:.1f}" for m in METRICS)
+        rows.append(f"| {name} | {s.n_clips} | {vals} |")
+    return "\n".join(rows)
+
+
+def write_outputs(result: EvaluationResult, test: Predictions, store: str | Path, out_dir: Path,
+                  example_clips: int = 2) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result.save(out_dir / "result.json")
+    (out_dir / "metrics.md").write_text(f"# {result.info.get('model', '')} (seed {result.info.get('seed')})\n\n"
+                                        f"Values in %.\n\n{metrics_markdown(result)}\n")
+    plot_per_class(result, out_dir / "per_class.png")
+    plot_psd_roc({result.info.get("model", "model"): result}, out_dir / "psd_roc.png")
+    _example_plots(test, store, out_dir, example_clips)
+    return out_dir
+
+
+def _example_plots(test: Predictions, store_path: str | Path, out_dir: Path, n: int) -> None:
+    """The clips with the most annotated events, one with video and one without when both exist."""
+    if n <= 0 or test.n_clips == 0:
+        return
+    store = FeatureStore.open(store_path)
+    index = store.clip_index()
+    encoder = LabelEncoder(store.classes, store.timing)
+    video_feature = next((f for f in store.feature_names() if f != "logmel"), None)
+    order = np.argsort([-len(e) for e in test.events], kind="stable")
+    picks = []
+    for want in (True, False):
+        picks += [i for i in order if test.video_available[i] == want][:max(1, n // 2)]
+    for i in picks[:n]:
+        row = index[str(test.clip_ids[i])]
+        logmel = store.read_feature("logmel", row)
+        video = store.mask(video_feature)[row] if video_feature else np.zeros(store.timing.video_frames, bool)
+        plot_example_clip(logmel, encoder.encode_strong(test.events[i]), test.frame_probs[i], video,
+                          store.classes, out_dir / f"example_{'video' if test.video_available[i] else 'novideo'}_{i}.png",
+                          store.timing, title=f"{test.clip_ids[i]} ({'with' if test.video_available[i] else 'without'} video)")

@@ -1,0 +1,34 @@
+"""Shared fixtures for the training tests: a small synthetic store and a small model config."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training.config import CNNConfig, ModelConfig, TrainConfig
+from training.synthetic_store import SyntheticStoreSpec, build_synthetic_store
+
+torch.set_num_threads(1)
+
+
+def small_model(architecture: str = "transformer") -> ModelConfig:
+    # Same structure as the paper's model (7 CNN blocks, 3 + 3 blocks, 3 heads), narrower, for CPU tests.
+    return ModelConfig(architecture=architecture, d_model=32, heads=3, d_head=16, ff_dim=64,
+                       cnn=CNNConfig(filters=[8, 16, 16, 32, 32, 32, 32]))
+
+
+def small_config(encoders=("logmel", "openl3"), architecture: str = "transformer", steps: int = 6, **kw) -> TrainConfig:
+    base = dict(model=small_model(architecture), encoders=list(encoders), batch_strong=4, batch_weak=4,
+                batch_unlabelled=4, epochs=1, steps_per_epoch=steps, log_every=1, checkpoint_every=1000,
+                progress=False, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base).validate()
+
+
+@pytest.fixture(scope="session")
+def synthetic_store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("store") / "features.zarr"
+    spec = SyntheticStoreSpec(clips={"synthetic": 12, "weak": 10, "unlabelled": 12, "validation": 8, "eval": 10},
+                              visual={"openl3": 24, "tce": 40}, missing_fraction=0.4, seed=1)
+    build_synthetic_store(path, spec)
+    return path

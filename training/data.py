@@ -1,0 +1,193 @@
+"""Training data over the feature store: every needed array loaded once into (GPU) memory as tensors.
+
+`load_clips` reads log-mel (standardised per bin with the store's statistics), the requested visual
+embeddings with their frame masks and clip-level availability, strong frame targets (64 per 10 s, from the
+store's events through the shared label encoder), weak clip targets and the supervision kind of each clip.
+`BatchComposer` draws each batch (32 strong + 32 weak + 64 unlabelled by default) as one index vector, so a
+step is a handful of batched `index_select`s on resident tensors: no per-sample Python, no worker processes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from pipeline.labels import LabelEncoder
+from pipeline.store import FeatureStore
+from training.config import AUDIO_STREAM
+
+STRONG, WEAK, UNLABELLED = 0, 1, 2
+KIND_CODES = {"strong": STRONG, "weak": WEAK, "unlabelled": UNLABELLED}
+
+
+class TrainingDataError(RuntimeError):
+    pass
+
+
+@dataclass
+class Batch:
+    """Tensors of a set of clips (a whole partition or one training batch); first axis = clip."""
+
+    logmel: torch.Tensor  # (n, 512, 64) standardised
+    visual: list[torch.Tensor]  # per visual stream (n, 64, D), zeros where missing or padded
+    visual_valid: list[torch.Tensor]  # per visual stream (n, 64) bool key mask; all True where the stream is missing
+    available: torch.Tensor  # (n, S) bool, column 0 (audio) always True
+    strong: torch.Tensor  # (n, 64, C) frame targets (zeros unless kind == strong)
+    weak: torch.Tensor  # (n, C) clip targets
+    kind: torch.Tensor  # (n,) int64: 0 strong, 1 weak, 2 unlabelled
+
+    def take(self, idx: torch.Tensor) -> "Batch":
+        def sel(t: torch.Tensor) -> torch.Tensor:
+            return t.index_select(0, idx)
+        return Batch(sel(self.logmel), [sel(v) for v in self.visual], [sel(v) for v in self.visual_valid],
+                     sel(self.available), sel(self.strong), sel(self.weak), sel(self.kind))
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(**{f.name: ([t.to(device) for t in getattr(self, f.name)] if isinstance(getattr(self, f.name), list)
+                                 else getattr(self, f.name).to(device)) for f in fields(self)})
+
+    def __len__(self) -> int:
+        return int(self.logmel.shape[0])
+
+
+@dataclass
+class ClipSet:
+    """A loaded set of clips: the tensors plus what identifies them in the store."""
+
+    rows: np.ndarray  # store rows
+    clip_ids: np.ndarray
+    partitions: np.ndarray
+    durations: np.ndarray
+    tensors: Batch
+    encoders: list[str]
+    provenance: dict[str, dict]
+
+
+def _read_rows(store: FeatureStore, name: str, rows: np.ndarray, block: int = 512, desc: str = "") -> np.ndarray:
+    """Rows of a feature array, read in contiguous blocks (zarr chunks are one clip each)."""
+    arr = store.group[name]
+    out = np.empty((len(rows),) + arr.shape[1:], dtype=arr.dtype)
+    if len(rows) == 0:
+        return out
+    order = np.argsort(rows)
+    sorted_rows = rows[order]
+    starts = range(0, len(sorted_rows), block)
+    for s in tqdm(starts, desc=f"load {name}{desc}", disable=len(rows) < 4 * block, leave=False):
+        r = sorted_rows[s: s + block]
+        chunk = np.asarray(arr[int(r[0]): int(r[-1]) + 1])
+        out[order[s: s + block]] = chunk[r - r[0]]
+    return out
+
+
+def load_clips(store: FeatureStore, partitions: Sequence[str], encoders: Sequence[str],
+               kinds: dict[str, str] | None = None, device: torch.device | str = "cpu",
+               dtype: torch.dtype = torch.float32) -> ClipSet:
+    """Load every clip of `partitions` whose log-mel is present.
+
+    kinds: partition -> supervision kind used for training (strong|weak|unlabelled); defaults to the store's
+    `supervision` column. Raises TrainingDataError if a feature or the log-mel statistics are missing.
+    """
+    encoders = list(encoders)
+    if not encoders or encoders[0] != AUDIO_STREAM:
+        raise TrainingDataError(f"encoders must start with {AUDIO_STREAM!r}: {encoders}")
+    names = set(store.feature_names())
+    for name in encoders:
+        if name not in names:
+            raise TrainingDataError(f"{store.path}: feature {name!r} is not in the store (has {sorted(names)})")
+    stats = store.stats(AUDIO_STREAM)
+    if stats is None:
+        raise TrainingDataError(f"{store.path}: no {AUDIO_STREAM}_mean/_std statistics; run the extraction's stats step")
+    mean, std = stats
+    part = store.partitions()
+    supervision = store.strings("supervision")
+    present = store.present(AUDIO_STREAM)
+    rows = np.flatnonzero(np.isin(part, list(partitions)) & present)
+    if len(rows) == 0:
+        raise TrainingDataError(f"{store.path}: no clips with {AUDIO_STREAM} in partitions {list(partitions)}")
+    kind_names = np.array([(kinds or {}).get(part[r], supervision[r]) for r in rows], dtype=object)
+    bad = set(kind_names) - set(KIND_CODES)
+    if bad:
+        raise TrainingDataError(f"unknown supervision kinds {sorted(bad)}")
+    kind = np.array([KIND_CODES[k] for k in kind_names], dtype=np.int64)
+
+    logmel = _read_rows(store, AUDIO_STREAM, rows)
+    logmel = np.nan_to_num((logmel - mean) / np.maximum(std, 1e-8), nan=0.0, posinf=0.0, neginf=0.0)
+    visual, visual_valid, available = [], [], [np.ones(len(rows), dtype=bool)]
+    for name in encoders[1:]:
+        data = np.nan_to_num(_read_rows(store, name, rows), nan=0.0)
+        frame_mask = store.mask(name)[rows]
+        avail = frame_mask.any(axis=1)
+        data[~frame_mask] = 0.0
+        visual.append(torch.from_numpy(data).to(device=device, dtype=dtype))
+        # Clips without the stream attend to all (zero) frames: finite outputs that their weight 0 removes.
+        visual_valid.append(torch.from_numpy(frame_mask | ~avail[:, None]).to(device))
+        available.append(avail)
+
+    encoder = LabelEncoder(store.classes, store.timing)
+    events = store.clip_events()
+    strong = np.zeros((len(rows), store.timing.output_frames, len(store.classes)), dtype=np.float32)
+    for i, r in enumerate(rows):
+        if kind[i] == STRONG or supervision[r] == "strong":
+            strong[i] = encoder.encode_strong(events[r])
+    weak = store.column("weak_labels")[rows].astype(np.float32)
+
+    tensors = Batch(
+        logmel=torch.from_numpy(logmel.astype(np.float32)).to(device=device, dtype=dtype),
+        visual=visual, visual_valid=visual_valid,
+        available=torch.from_numpy(np.stack(available, axis=1)).to(device),
+        strong=torch.from_numpy(strong).to(device), weak=torch.from_numpy(weak).to(device),
+        kind=torch.from_numpy(kind).to(device))
+    return ClipSet(rows=rows, clip_ids=store.clip_ids()[rows], partitions=part[rows],
+                   durations=store.column("duration")[rows].astype(np.float32), tensors=tensors,
+                   encoders=encoders, provenance={n: store.provenance(n) for n in encoders})
+
+
+class BatchComposer:
+    """Index vectors of training batches: `sizes[k]` clips of each supervision kind per batch, in kind order.
+
+    Each kind cycles through its clips in a fresh random permutation per pass (like DESED's concatenated
+    random samplers). The permutation of pass e is a pure function of (seed, kind, e), so the batch of any
+    step can be recomputed: resuming needs no sampler state.
+    """
+
+    def __init__(self, kind: np.ndarray, sizes: Sequence[int], seed: int):
+        self.members = [np.flatnonzero(kind == k) for k in range(len(sizes))]
+        self.sizes = list(sizes)
+        self.seed = seed
+        for k, (m, size) in enumerate(zip(self.members, self.sizes)):
+            if size > 0 and len(m) == 0:
+                name = [n for n, c in KIND_CODES.items() if c == k][0]
+                raise TrainingDataError(f"batch asks for {size} {name} clips per step but the training partitions have none")
+        self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
+        bounds = np.cumsum([0] + self.sizes)
+        self.slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+    @property
+    def batch_size(self) -> int:
+        return sum(self.sizes)
+
+    def _perm(self, k: int, epoch: int) -> np.ndarray:
+        key = (k, epoch)
+        if key not in self._perm_cache:
+            if len(self._perm_cache) > 16:
+                self._perm_cache.clear()
+            rng = np.random.default_rng([self.seed, k, epoch])
+            self._perm_cache[key] = self.members[k][rng.permutation(len(self.members[k]))]
+        return self._perm_cache[key]
+
+    def indices(self, step: int) -> np.ndarray:
+        out = []
+        for k, size in enumerate(self.sizes):
+            if size == 0:
+                continue
+            n = len(self.members[k])
+            pos = step * size + np.arange(size)
+            epochs, offsets = pos // n, pos % n
+            for e in np.unique(epochs):
+                sel = epochs == e
+                out.append(self._perm(k, int(e))[offsets[sel]])
+        return np.concatenate(out)
