@@ -1,0 +1,47 @@
+"""The demo in --quick mode: every stage leaves its outputs, and the numbers come from the run."""
+
+from __future__ import annotations
+
+import json
+
+from avsed.cli import main
+from pipeline.ledger import Ledger
+from pipeline.store import FeatureStore
+
+
+def test_quick_demo_produces_every_stage_output(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    # 1. data set and 2. store
+    assert (out / "data/metadata/train/weak.tsv").is_file() and any((out / "data/videos").glob("*.mp4"))
+    store = FeatureStore.open(out / "features.zarr")
+    assert store.n_clips == 24 and store.present("logmel").all()
+    assert store.provenance("openl3")["weights"] == "random"
+    assert 0 < store.present("openl3").sum() < 24
+    ledger = Ledger(Ledger.path_for_store(out / "features.zarr"))
+    counts = ledger.counts()
+    ledger.close()
+    # 3. models and 4. evaluations
+    runs = sorted(p for p in (out / "runs").iterdir() if p.is_dir())
+    assert len(runs) == 3
+    for run in runs:
+        assert (run / "checkpoint.pt").is_file() and (run / "config.yaml").is_file()
+        result = json.loads((run / "evaluation/result.json").read_text())
+        assert set(result["sets"]) >= {"all", "with_video"}
+        assert (run / "evaluation/per_class.png").stat().st_size > 1000
+        assert (run / "evaluation/psd_roc.png").stat().st_size > 1000
+    for name in ("report.md", "metrics.csv", "split.csv", "psd_roc.png", "split_by_video.png"):
+        assert (out / "report" / name).stat().st_size > 100, name
+    # 5. the incremental rerun recorded the vanished videos and did no new work
+    summary = json.loads((out / "summary.json").read_text())
+    rerun = summary["rerun"]
+    assert len(rerun["vanished_videos"]) == 2 and rerun["newly_missing_cached"] == 2
+    assert rerun["new_clips"] == 0 and rerun["audio_computed"] == {} and rerun["video_computed"] == {}
+    assert counts["missing"] == summary["data"]["videos"]["missing"] + 2
+    # what was printed is this run's numbers
+    assert "incremental rerun after deleting 2 served videos" in printed
+    ebf1 = summary["results"]["audio-only"]["all"]["ebf1"]
+    assert f"{100 * ebf1:.1f}" in printed
