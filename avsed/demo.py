@@ -43,7 +43,7 @@ class DemoConfig:
     missing_fraction: float = 0.3
     # synthetic (strong), weak, unlabelled, validation, eval
     partition_fractions: tuple[float, ...] = (0.2, 0.3, 0.15, 0.15, 0.2)
-    steps: int = 250
+    steps: int = 400
     batch: tuple[int, int, int] = (6, 6, 12)  # strong, weak, unlabelled
     image_size: int = 64  # the synthetic videos are 64 px; frames and OpenL3's input stay at that size
     vanish: int = 3  # served videos deleted before the incremental rerun
