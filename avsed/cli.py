@@ -67,6 +67,10 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
         report = run_extraction(cfg, progress=not args.json).to_dict()
     else:
+        import os
+
+        # The flow's temporary Prefect API server gets 20 s to start by default; a busy machine needs more.
+        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
         from flows.extract import extract_features
 
         report = extract_features(config=cfg.to_dict(), dask_address=args.dask_address)

@@ -1,9 +1,14 @@
-"""The extract-features flow with its tasks on an existing dask.distributed scheduler (DaskTaskRunner)."""
+"""The extract-features flow with its tasks on an existing dask.distributed scheduler (DaskTaskRunner), via the CLI."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
-import pytest
+import yaml
 from distributed import LocalCluster
 
 from pipeline.serve import VideoServer
@@ -11,20 +16,23 @@ from pipeline.store import FeatureStore
 from tests.flows.conftest import copy_set, extract_config
 
 
-def test_flow_on_a_dask_cluster_matches_the_in_process_run(reference_run, tmp_path, monkeypatch):
-    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / "prefect-home"))
-    monkeypatch.setenv("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    monkeypatch.setenv("DO_NOT_TRACK", "1")
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    from flows.extract import extract_features
-
+def test_flow_on_a_dask_cluster_matches_the_in_process_run(reference_run, tmp_path):
     ref_data, ref_cfg, _ = reference_run
     data = copy_set(ref_data, tmp_path / "data")
     store = tmp_path / "features.zarr"
+    # A fresh process: its Prefect flow run gets its own temporary API server (one per process).
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DO_NOT_TRACK": "1", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+    env.pop("PREFECT_API_URL", None)
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster, \
             VideoServer(data / "videos") as videos:
         cfg = extract_config(data, store, videos.url_template)
-        report = extract_features(config=cfg.to_dict(), dask_address=cluster.scheduler_address)
+        (tmp_path / "extract.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+        run = subprocess.run([sys.executable, "-m", "avsed.cli", "extract", "--config", str(tmp_path / "extract.yaml"),
+                              "--dask-address", cluster.scheduler_address, "--json"],
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads(run.stdout.strip().splitlines()[-1])
     assert report["new_clips"] == 12 and report["audio_computed"] == {"logmel": 12}
     got, want = FeatureStore.open(store), FeatureStore.open(ref_cfg.store)
     for name in ("logmel", "openl3", "vgg16", "tce"):
