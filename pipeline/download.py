@@ -65,6 +65,9 @@ class DownloadResult:
     clip_start: float = 0.0  # where the clip begins inside `path`: 0 for a partial download
 
 
+NO_YOUTUBE_ID_MESSAGE = "clip name carries no YouTube id (audio-only by construction)"
+
+
 # -- classifying failures ---------------------------------------------------------------------------
 # YouTube's own messages (the playability "reason"/"subreason" yt-dlp raises as ExtractorError), matched
 # by class, most specific first. The raw message is always kept in the ledger beside the class.
@@ -254,7 +257,7 @@ def download_clip(clip_id: str, segment: "YouTubeSegment | None", out_dir: str |
     """
     if segment is None:
         return DownloadResult(clip_id, None, "missing", "no_youtube_id",
-                              "clip name carries no YouTube id (audio-only by construction)", None)
+                              NO_YOUTUBE_ID_MESSAGE, None)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     existing = find_video(out_dir, clip_id)
@@ -346,7 +349,7 @@ def probe_clip(clip_id: str, segment: "YouTubeSegment | None",
 
     if segment is None:
         return DownloadResult(clip_id, None, "missing", "no_youtube_id",
-                              "clip name carries no YouTube id (audio-only by construction)", None)
+                              NO_YOUTUBE_ID_MESSAGE, None)
     log = _CapturedLog()
     opts = {"logger": log, "quiet": True, "noprogress": True, "noplaylist": True, "cachedir": False,
             "socket_timeout": config.socket_timeout, "extractor_retries": config.retries,

@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from features.base import AudioExtractor, FeatureExtractor, FrameExtractor, build_extractor, extractor_class
 from pipeline.audio import AudioError, load_clip_audio
-from pipeline.download import DownloadConfig, DownloadResult, download_clips, probe_clip
+from pipeline.download import (NO_YOUTUBE_ID_MESSAGE, DownloadConfig, DownloadResult, download_clips,
+                               probe_clip)
 from pipeline.frames import VideoError, decode_frames
 from pipeline.ledger import Ledger
 from pipeline.labels import ClipTiming
@@ -205,8 +206,7 @@ def plan_extraction(config: ExtractConfig, timing: ClipTiming = ClipTiming()) ->
                 break
             if clip.segment is None:
                 if ledger.get(clip.clip_id) is None:
-                    ledger.record(clip.clip_id, None, "missing", "no_youtube_id",
-                                  "clip name carries no YouTube id (audio-only by construction)")
+                    ledger.record(clip.clip_id, None, "missing", "no_youtube_id", NO_YOUTUBE_ID_MESSAGE)
                 continue
             todo = tuple(f for f in video_features if not present[f][row])
             if todo:
@@ -216,20 +216,12 @@ def plan_extraction(config: ExtractConfig, timing: ClipTiming = ClipTiming()) ->
                 entry = ledger.get(clip.clip_id)
                 if entry is not None and entry.status == "available":
                     probe_jobs.append(VideoJob(row, clip.clip_id, clip.segment, ()))
+        for problem in manifest.problems:
+            ledger.record_problem(problem.clip_id or "", "manifest", str(problem))
     finally:
         ledger.close()
-    for problem in manifest.problems:
-        _record_manifest_problem(config, problem)
     return ExtractionPlan(store.n_clips, store.n_clips - n_before, audio_features, video_features,
                           audio_jobs, video_jobs, probe_jobs, [str(p) for p in manifest.problems])
-
-
-def _record_manifest_problem(config: ExtractConfig, problem) -> None:
-    ledger = Ledger(config.ledger_path)
-    try:
-        ledger.record_problem(problem.clip_id or "", "manifest", str(problem))
-    finally:
-        ledger.close()
 
 
 # --- audio --------------------------------------------------------------------------------------
