@@ -2,12 +2,16 @@
 
 yt-dlp refuses partial downloads (`download_ranges`) unless an executable named exactly `ffmpeg`
 is on PATH (its `ffmpeg_location` option is not consulted for that check), and imageio's binary is
-named `ffmpeg-linux-x86_64-v9.0.2`. So we make a private folder holding an `ffmpeg` symlink to it and
-put that folder first on PATH, once per process. There is no ffprobe in imageio-ffmpeg.
+named `ffmpeg-linux-x86_64-v9.0.2`. So we keep a folder holding an `ffmpeg` symlink to it and put that
+folder first on PATH. The folder sits in the user's cache, named after the binary's path, so every process
+reuses the same one (a temporary folder per process would be left behind by each run). There is no ffprobe
+in imageio-ffmpeg.
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import os
 import shutil
 import tempfile
@@ -33,8 +37,30 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "avsed" / "ffmpeg-bin"
+
+
+def _link_folder(folder: Path, exe: Path) -> Path:
+    """folder/ffmpeg -> exe, made atomically (a temporary link renamed into place) so concurrent processes
+    never see a half-made entry; an existing link to another binary is replaced."""
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / "ffmpeg"
+    if link.is_symlink() and Path(os.readlink(link)) == exe:
+        return folder
+    tmp = folder / f".ffmpeg.{os.getpid()}.{threading.get_ident()}"
+    tmp.unlink(missing_ok=True)
+    try:
+        tmp.symlink_to(exe)
+    except OSError:  # file systems without symlinks: a copy works too
+        shutil.copy2(exe, tmp)
+    os.replace(tmp, link)
+    return folder
+
+
 def ffmpeg_bin_dir() -> Path:
-    """A private folder whose `ffmpeg` is the project's binary; created once per process."""
+    """A folder whose `ffmpeg` is the project's binary (in the user's cache; reused across processes)."""
     global _BIN_DIR
     with _LOCK:
         if _BIN_DIR is not None and (_BIN_DIR / "ffmpeg").exists():
@@ -43,13 +69,13 @@ def ffmpeg_bin_dir() -> Path:
         if exe.name == "ffmpeg":
             _BIN_DIR = exe.parent  # already named right: use its own folder
             return _BIN_DIR
-        folder = Path(tempfile.mkdtemp(prefix="avsed-ffmpeg-"))
-        link = folder / "ffmpeg"
+        key = hashlib.sha1(str(exe).encode()).hexdigest()[:12]
         try:
-            link.symlink_to(exe)
-        except OSError:  # file systems without symlinks: a copy works too
-            shutil.copy2(exe, link)
-        _BIN_DIR = folder
+            _BIN_DIR = _link_folder(_cache_root() / key, exe)
+        except OSError:  # no writable cache (read-only home): a private temporary folder, removed at exit
+            folder = Path(tempfile.mkdtemp(prefix="avsed-ffmpeg-"))
+            atexit.register(shutil.rmtree, folder, True)
+            _BIN_DIR = _link_folder(folder, exe)
         return _BIN_DIR
 
 
