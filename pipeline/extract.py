@@ -403,13 +403,14 @@ def probe_cached_videos(config: ExtractConfig, jobs: list[VideoJob], progress: b
 
 
 def finish_extraction(config: ExtractConfig) -> dict[str, Any]:
-    """Per-bin statistics of the audio features over the training partitions (dask over the store)."""
+    """Per-bin statistics of every feature over the training partitions' real frames (dask over the store):
+    training standardises log-mel (paper 3.1.2) and, by default, the visual embeddings with them."""
     if not config.compute_stats:
         return {}
     store = FeatureStore.open(config.store, mode="r+")
     out = {}
     for feature in config.features:
-        if isinstance(get_extractor(config, feature), AudioExtractor) and store.present(feature).any():
+        if feature in store.feature_names() and store.present(feature).any():
             try:
                 out[feature] = update_feature_stats(store, feature)
             except ValueError as exc:  # no training rows yet: nothing to standardise with

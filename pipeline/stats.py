@@ -2,7 +2,7 @@
 
 Only real frames count (the feature's frame mask); raw features stay unnormalised in the store and the
 training stage standardises with these statistics (paper 3.1.2: "per frequency bin standardization ...
-based on the statistics of the training data").
+based on the statistics of the training data"; the visual embeddings per dimension likewise, by default).
 """
 
 from __future__ import annotations

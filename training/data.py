@@ -1,7 +1,7 @@
 """Training data over the feature store: every needed array loaded once into (GPU) memory as tensors.
 
 `load_clips` reads log-mel (standardised per bin with the store's statistics), the requested visual
-embeddings with their frame masks and clip-level availability, strong frame targets (64 per 10 s, from the
+embeddings (standardised per dimension, by default) with their frame masks and clip-level availability, strong frame targets (64 per 10 s, from the
 store's events through the shared label encoder), weak clip targets and the supervision kind of each clip.
 `BatchComposer` draws each batch (32 strong + 32 weak + 64 unlabelled by default) as one index vector, so a
 step is a handful of batched `index_select`s on resident tensors: no per-sample Python, no worker processes.
@@ -83,13 +83,24 @@ def _read_rows(store: FeatureStore, name: str, rows: np.ndarray, block: int = 51
     return out
 
 
+def _standardised(store: FeatureStore, name: str, data: np.ndarray) -> np.ndarray:
+    stats = store.stats(name)
+    if stats is None:
+        raise TrainingDataError(
+            f"{store.path}: no {name}_mean/_std statistics to standardise the {name!r} stream with; rerun the "
+            f"extraction (its statistics step computes them for every feature) or set standardise_visual: false")
+    mean, std = stats
+    return (data - mean) / np.maximum(std, 1e-8)
+
+
 def load_clips(store: FeatureStore, partitions: Sequence[str], encoders: Sequence[str],
                kinds: dict[str, str] | None = None, device: torch.device | str = "cpu",
-               dtype: torch.dtype = torch.float32) -> ClipSet:
+               dtype: torch.dtype = torch.float32, standardise_visual: bool = True) -> ClipSet:
     """Load every clip of `partitions` whose log-mel is present.
 
     kinds: partition -> supervision kind used for training (strong|weak|unlabelled); defaults to the store's
-    `supervision` column. Raises TrainingDataError if a feature or the log-mel statistics are missing.
+    `supervision` column. standardise_visual: standardise visual embeddings per dimension with the store's
+    statistics (missing frames stay 0). Raises TrainingDataError if a feature or needed statistics are missing.
     """
     encoders = list(encoders)
     if not encoders or encoders[0] != AUDIO_STREAM:
@@ -116,9 +127,12 @@ def load_clips(store: FeatureStore, partitions: Sequence[str], encoders: Sequenc
 
     logmel = _read_rows(store, AUDIO_STREAM, rows)
     logmel = np.nan_to_num((logmel - mean) / np.maximum(std, 1e-8), nan=0.0, posinf=0.0, neginf=0.0)
+    del mean, std
     visual, visual_valid, available = [], [], [np.ones(len(rows), dtype=bool)]
     for name in encoders[1:]:
-        data = np.nan_to_num(_read_rows(store, name, rows), nan=0.0)
+        data = np.nan_to_num(_read_rows(store, name, rows).astype(np.float32), nan=0.0)
+        if standardise_visual:
+            data = _standardised(store, name, data).astype(np.float32)
         frame_mask = store.mask(name)[rows]
         avail = frame_mask.any(axis=1)
         data[~frame_mask] = 0.0

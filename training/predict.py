@@ -77,7 +77,7 @@ def predict(checkpoint: str | Path, store_path: str | Path, partitions: Sequence
     config = TrainConfig.from_dict(ckpt["config"])
     dev = resolve_device(device)
     store = FeatureStore.open(store_path)
-    data = load_clips(store, partitions, config.encoders, device="cpu")
+    data = load_clips(store, partitions, config.encoders, device="cpu", standardise_visual=config.standardise_visual)
     for name, prov in ckpt["provenance"].items():
         if json.dumps(prov, sort_keys=True) != json.dumps(data.provenance[name], sort_keys=True):
             raise ValueError(f"{store_path}: feature {name!r} was made differently from the one the checkpoint "

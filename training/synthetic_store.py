@@ -74,6 +74,7 @@ def build_synthetic_store(path: str | Path, spec: SyntheticStoreSpec = Synthetic
     vid_t = timing.video_frame_times()
     width = timing.n_mels // len(classes)
     training = []
+    training_visual: dict[str, list[np.ndarray]] = {name: [] for name in spec.visual}
     for row, (clip, events), video in zip(rows, clips, has_video):
         logmel = rng.normal(-4.0, 1.0, size=(timing.mel_frames, timing.n_mels)).astype(np.float32)
         active_v = np.zeros((timing.video_frames, len(classes)), dtype=np.float32)
@@ -89,7 +90,15 @@ def build_synthetic_store(path: str | Path, spec: SyntheticStoreSpec = Synthetic
         if video:
             for name, proj in projections.items():
                 noisy = active_v + rng.normal(0.0, spec.visual_noise, size=active_v.shape).astype(np.float32)
-                store.write_row(name, row, noisy @ proj, np.ones(timing.video_frames, dtype=bool))
+                embedding = noisy @ proj
+                store.write_row(name, row, embedding, np.ones(timing.video_frames, dtype=bool))
+                if clip.partition in ("synthetic", "weak", "unlabelled"):
+                    training_visual[name].append(embedding)
+    partitions = {"partitions": ["synthetic", "weak", "unlabelled"]}
     stacked = np.concatenate(training)
-    store.write_stats("logmel", stacked.mean(axis=0), stacked.std(axis=0), {"partitions": ["synthetic", "weak", "unlabelled"]})
+    store.write_stats("logmel", stacked.mean(axis=0), stacked.std(axis=0), partitions)
+    for name, arrays in training_visual.items():
+        if arrays:
+            stacked = np.concatenate(arrays)
+            store.write_stats(name, stacked.mean(axis=0), stacked.std(axis=0), partitions)
     return store

@@ -98,7 +98,8 @@ def load_training_data(store_path: str | Path, config: TrainConfig, device: torc
     kinds.update({p: "weak" for p in config.weak_partitions})
     kinds.update({p: "unlabelled" for p in config.unlabelled_partitions})
     dtype = getattr(torch, config.feature_dtype)
-    return load_clips(store, list(kinds), config.encoders, kinds=kinds, device=device, dtype=dtype)
+    return load_clips(store, list(kinds), config.encoders, kinds=kinds, device=device, dtype=dtype,
+                      standardise_visual=config.standardise_visual)
 
 
 def train(store_path: str | Path, config: TrainConfig | dict | str | Path | None, out_dir: str | Path,

@@ -61,6 +61,16 @@ def test_store_shapes_masks_ledger_and_provenance(reference_run):
     assert store.provenance("logmel")["weights"] == "none"
     mean, std = store.stats("logmel")
     assert mean.shape == (64,) and np.all(std > 0)
+    # Every visual feature gets the same statistics (training partitions, real frames only), computed by dask.
+    training = np.isin(store.partitions(), ["synthetic", "weak", "unlabelled"])
+    for name, dim in (("openl3", 512), ("vgg16", 4096), ("tce", 2048)):
+        rows = np.flatnonzero(training & store.present(name))
+        assert rows.size > 0
+        frames = store.read_feature(name, rows).astype(np.float64)[store.mask(name)[rows]]
+        mean, std = store.stats(name)
+        assert mean.shape == (dim,)
+        np.testing.assert_allclose(mean, frames.mean(axis=0), rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(std, frames.std(axis=0), rtol=1e-3, atol=1e-5)
     status = store_status(cfg.store)
     assert status["clips"] == 12 and status["features"]["openl3"]["present"] == int(present.sum())
     assert status["videos"]["available"] == int(present.sum())

@@ -49,6 +49,31 @@ def test_load_clips_standardises_and_encodes_targets(synthetic_store):
         load_clips(store, ["weak"], ["logmel", "vgg16"])
 
 
+def test_visual_streams_are_standardised_with_the_store_statistics(synthetic_store, tmp_path):
+    store = FeatureStore.open(synthetic_store)
+    data = load_clips(store, list(TRAIN_KINDS), ["logmel", "openl3"], kinds=TRAIN_KINDS)
+    raw = load_clips(store, list(TRAIN_KINDS), ["logmel", "openl3"], kinds=TRAIN_KINDS, standardise_visual=False)
+    present = torch.from_numpy(store.present("openl3")[data.rows])
+    mean, std = store.stats("openl3")
+    expected = (raw.tensors.visual[0][present] - torch.from_numpy(mean)) / torch.from_numpy(std)
+    assert torch.allclose(data.tensors.visual[0][present], expected, atol=1e-5)
+    # Over the training clips' real frames (where the statistics come from): zero mean, unit variance.
+    frames = data.tensors.visual[0][present].reshape(-1, mean.shape[0])
+    assert frames.mean(0).abs().max() < 1e-4 and (frames.std(0, unbiased=False) - 1).abs().max() < 1e-3
+    assert (data.tensors.visual[0][~present] == 0).all()  # missing clips stay zeros after standardising
+
+    # A store without the embedding's statistics: a clear error naming the stream and the remedy.
+    import shutil
+    bare = tmp_path / "bare.zarr"
+    shutil.copytree(synthetic_store, bare)
+    for key in ("openl3_mean", "openl3_std"):
+        shutil.rmtree(bare / key)
+    with pytest.raises(TrainingDataError, match=r"no openl3_mean/_std statistics.*standardise_visual: false"):
+        load_clips(FeatureStore.open(bare), list(TRAIN_KINDS), ["logmel", "openl3"], kinds=TRAIN_KINDS)
+    assert len(load_clips(FeatureStore.open(bare), list(TRAIN_KINDS), ["logmel", "openl3"], kinds=TRAIN_KINDS,
+                          standardise_visual=False).tensors) == len(data.tensors)
+
+
 def test_batch_composer_composition_and_coverage():
     kind = np.array([0] * 5 + [1] * 3 + [2] * 7)
     composer = BatchComposer(kind, [2, 2, 4], seed=3)
