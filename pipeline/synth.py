@@ -13,7 +13,8 @@ ten classes is a distinct synthetic sound in its own frequency band, but a fract
 recorded (YouTube-style) clips are quiet, below the background noise in their band, while every event is
 always drawn in the video as a class-specific colour patch at a class-specific position. A model that sees
 the video can find those events; an audio-only model cannot. Synthetic (Freesound-style) clips are
-audio-only, as in DESED, and all their events are audible.
+audio-only, as in DESED, and all their events are audible; `strong_video_fraction` turns a share of the
+strongly labelled training clips into recordings with video instead (as later DESED releases have).
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ class SynthConfig:
     event_seconds: tuple[float, float] = (0.5, 5.0)
     # Clips with no event at all (validation / eval / unlabelled only; DESED's weak clips always have labels).
     empty_clip_fraction: float = 0.04
+    # Share of the strongly labelled training clips that are recordings with a video (YouTube-style names,
+    # quiet events, videos served) instead of audio-only soundscapes. 0 is DESED 2020, whose strong clips
+    # are all synthetic soundscapes; later DESED releases add strongly labelled YouTube clips (AudioSet
+    # strong). With it, the visual stream gets frame-level supervision, which a short CPU run needs.
+    strong_video_fraction: float = 0.0
     # Events of recorded clips that are (nearly) inaudible but visible: what the video adds.
     quiet_event_fraction: float = 0.3
     loud_snr_db: tuple[float, float] = (6.0, 20.0)  # event power over the background noise in the class's band
@@ -88,7 +94,7 @@ class SynthConfig:
         if len(self.partition_fractions) != len(PARTITION_NAMES) or min(self.partition_fractions) <= 0:
             raise SynthConfigError(f"partition_fractions={self.partition_fractions}: need {len(PARTITION_NAMES)} positive values")
         for name in ("missing_fraction", "still_fraction", "black_fraction", "short_clip_fraction",
-                     "offset_fraction", "empty_clip_fraction", "quiet_event_fraction"):
+                     "offset_fraction", "empty_clip_fraction", "quiet_event_fraction", "strong_video_fraction"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise SynthConfigError(f"{name}={v}: must be in [0, 1]")
@@ -437,7 +443,13 @@ def plan_dataset(config: SynthConfig) -> list[ClipPlan]:
     rng = np.random.default_rng(np.random.SeedSequence([config.seed, 0]))
     sizes = _apportion(config.clips, config.partition_fractions, minimum=1)
     parts = [spec for spec, size in zip(DESED_2020_PARTITIONS, sizes) for _ in range(size)]
-    recorded = [i for i, spec in enumerate(parts) if spec.name != "synthetic"]
+    soundscapes = [i for i, spec in enumerate(parts) if spec.name == "synthetic"]
+    # Strong clips that are recordings: drawn from their own stream, so a fraction of 0 leaves every other
+    # draw (and so the whole data set) exactly as before the option existed.
+    n_strong_rec = round(config.strong_video_fraction * len(soundscapes))
+    srng = np.random.default_rng(np.random.SeedSequence([config.seed, 3]))
+    strong_recorded = set(int(i) for i in srng.permutation(soundscapes)[:n_strong_rec]) if n_strong_rec else set()
+    recorded = [i for i, spec in enumerate(parts) if spec.name != "synthetic" or i in strong_recorded]
     ids = _youtube_ids(rng, len(recorded))
     # Video kinds: exact totals, spread over the recorded partitions in proportion to their size so that
     # validation and eval both get clips with and without video.
@@ -445,7 +457,7 @@ def plan_dataset(config: SynthConfig) -> list[ClipPlan]:
     totals = {"absent": _count(config.missing_fraction, n_rec), "still": _count(config.still_fraction, n_rec),
               "black": _count(config.black_fraction, n_rec)}
     kinds: dict[int, str] = {}
-    rec_parts = [p for p in PARTITION_NAMES if p != "synthetic"]
+    rec_parts = [p for p in PARTITION_NAMES if p != "synthetic" or strong_recorded]
     members = {p: [i for i in recorded if parts[i].name == p] for p in rec_parts}
     free = {p: list(rng.permutation(members[p])) for p in rec_parts}
     for kind, total in totals.items():
@@ -467,7 +479,7 @@ def plan_dataset(config: SynthConfig) -> list[ClipPlan]:
     rec_pos = {i: j for j, i in enumerate(recorded)}
     for i, spec in enumerate(parts):
         crng = np.random.default_rng(np.random.SeedSequence([config.seed, i, 0]))
-        if spec.name == "synthetic":
+        if spec.name == "synthetic" and i not in strong_recorded:
             duration, start = config.clip_seconds, 0.0
             events = _draw_events(crng, config, duration)
             plans.append(ClipPlan(i, f"{n_synth}.wav", spec, None, 0.0, duration, "absent", 0.0,

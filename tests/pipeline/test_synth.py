@@ -215,3 +215,26 @@ def test_class_tables_cover_desed_classes():
     boxes = [patch_box(c, 64) for c in DESED_CLASSES]
     assert len(set(boxes)) == len(boxes)
     assert all(parse_clip_name(p.clip_id) is not None for p in plan_dataset(CONFIG) if p.youtube_id)
+
+
+def test_strong_video_fraction_turns_soundscapes_into_recordings_and_zero_changes_nothing():
+    base = SynthConfig(clips=60, seed=4)
+    plans = plan_dataset(base)
+    # The option's own random stream: fraction 0 is the data set as it was without the option.
+    assert plan_dataset(SynthConfig(clips=60, seed=4, strong_video_fraction=0.0)) == plans
+    assert all(p.youtube_id is None and p.video_kind == "absent" and not any(p.quiet)
+               for p in plans if p.partition.name == "synthetic")
+
+    mixed = plan_dataset(SynthConfig(clips=60, seed=4, strong_video_fraction=0.5, quiet_event_fraction=0.5))
+    strong = [p for p in mixed if p.partition.name == "synthetic"]
+    recorded = [p for p in strong if p.youtube_id]
+    assert len(recorded) == round(0.5 * len(strong))
+    for p in recorded:  # named, parsed and served like any YouTube clip
+        segment = parse_clip_name(p.clip_id)
+        assert segment is not None and segment.youtube_id == p.youtube_id
+    assert any(p.video_kind == "content" for p in recorded)
+    assert any(any(p.quiet) for p in recorded)
+    assert all(p.clip_id.endswith(".wav") and not p.youtube_id for p in strong if p not in recorded)
+    assert len({p.youtube_id for p in mixed if p.youtube_id}) == sum(1 for p in mixed if p.youtube_id)
+    with pytest.raises(SynthConfigError, match="strong_video_fraction"):
+        SynthConfig(strong_video_fraction=1.5).validate()
