@@ -1,8 +1,8 @@
 """Training data over the feature store: every needed array loaded once into (GPU) memory as tensors.
 
 `load_clips` reads log-mel (standardised per bin with the store's statistics), the requested visual
-embeddings (standardised per dimension, by default) with their frame masks and clip-level availability, strong frame targets (64 per 10 s, from the
-store's events through the shared label encoder), weak clip targets and the supervision kind of each clip.
+embeddings (standardised per dimension, by default) with their frame masks and clip-level availability,
+strong frame targets (64 per 10 s, from the store's events through the shared label encoder), weak clip targets and the supervision kind of each clip.
 `BatchComposer` draws each batch (32 strong + 32 weak + 64 unlabelled by default) as one index vector, so a
 step is a handful of batched `index_select`s on resident tensors: no per-sample Python, no worker processes.
 """
@@ -83,14 +83,9 @@ def _read_rows(store: FeatureStore, name: str, rows: np.ndarray, block: int = 51
     return out
 
 
-def _standardised(store: FeatureStore, name: str, data: np.ndarray) -> np.ndarray:
-    stats = store.stats(name)
-    if stats is None:
-        raise TrainingDataError(
-            f"{store.path}: no {name}_mean/_std statistics to standardise the {name!r} stream with; rerun the "
-            f"extraction (its statistics step computes them for every feature) or set standardise_visual: false")
+def _standardise(data: np.ndarray, stats: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     mean, std = stats
-    return (data - mean) / np.maximum(std, 1e-8)
+    return ((data - mean) / np.maximum(std, 1e-8)).astype(np.float32)
 
 
 def load_clips(store: FeatureStore, partitions: Sequence[str], encoders: Sequence[str],
@@ -109,10 +104,16 @@ def load_clips(store: FeatureStore, partitions: Sequence[str], encoders: Sequenc
     for name in encoders:
         if name not in names:
             raise TrainingDataError(f"{store.path}: feature {name!r} is not in the store (has {sorted(names)})")
-    stats = store.stats(AUDIO_STREAM)
-    if stats is None:
+    # Every statistic needed is looked up before any feature is read, so a missing one fails fast.
+    stats = {AUDIO_STREAM: store.stats(AUDIO_STREAM)}
+    if stats[AUDIO_STREAM] is None:
         raise TrainingDataError(f"{store.path}: no {AUDIO_STREAM}_mean/_std statistics; run the extraction's stats step")
-    mean, std = stats
+    for name in encoders[1:] if standardise_visual else ():
+        stats[name] = store.stats(name)
+        if stats[name] is None:
+            raise TrainingDataError(
+                f"{store.path}: no {name}_mean/_std statistics to standardise the {name!r} stream with; rerun the "
+                f"extraction (its statistics step computes them for every feature) or set standardise_visual: false")
     part = store.partitions()
     supervision = store.strings("supervision")
     present = store.present(AUDIO_STREAM)
@@ -125,14 +126,13 @@ def load_clips(store: FeatureStore, partitions: Sequence[str], encoders: Sequenc
         raise TrainingDataError(f"unknown supervision kinds {sorted(bad)}")
     kind = np.array([KIND_CODES[k] for k in kind_names], dtype=np.int64)
 
-    logmel = _read_rows(store, AUDIO_STREAM, rows)
-    logmel = np.nan_to_num((logmel - mean) / np.maximum(std, 1e-8), nan=0.0, posinf=0.0, neginf=0.0)
-    del mean, std
+    logmel = _standardise(_read_rows(store, AUDIO_STREAM, rows), stats[AUDIO_STREAM])
+    logmel = np.nan_to_num(logmel, nan=0.0, posinf=0.0, neginf=0.0)
     visual, visual_valid, available = [], [], [np.ones(len(rows), dtype=bool)]
     for name in encoders[1:]:
         data = np.nan_to_num(_read_rows(store, name, rows).astype(np.float32), nan=0.0)
-        if standardise_visual:
-            data = _standardised(store, name, data).astype(np.float32)
+        if name in stats:
+            data = _standardise(data, stats[name])
         frame_mask = store.mask(name)[rows]
         avail = frame_mask.any(axis=1)
         data[~frame_mask] = 0.0

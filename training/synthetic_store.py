@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.labels import Event
-from pipeline.manifest import Clip, YouTubeSegment
+from pipeline.manifest import TRAINING_PARTITIONS, Clip, YouTubeSegment
+from pipeline.stats import update_feature_stats
 from pipeline.store import FeatureStore
 
 SUPERVISION = {"synthetic": "strong", "weak": "weak", "unlabelled": "unlabelled", "validation": "strong", "eval": "strong"}
@@ -73,8 +74,6 @@ def build_synthetic_store(path: str | Path, spec: SyntheticStoreSpec = Synthetic
     mel_t = np.arange(timing.mel_frames) * timing.hop_length / timing.sample_rate
     vid_t = timing.video_frame_times()
     width = timing.n_mels // len(classes)
-    training = []
-    training_visual: dict[str, list[np.ndarray]] = {name: [] for name in spec.visual}
     for row, (clip, events), video in zip(rows, clips, has_video):
         logmel = rng.normal(-4.0, 1.0, size=(timing.mel_frames, timing.n_mels)).astype(np.float32)
         active_v = np.zeros((timing.video_frames, len(classes)), dtype=np.float32)
@@ -85,20 +84,13 @@ def build_synthetic_store(path: str | Path, spec: SyntheticStoreSpec = Synthetic
             logmel[on, band] += spec.band_gain
             active_v[(vid_t >= ev.onset) & (vid_t < ev.offset), c] = 1.0
         store.write_row("logmel", row, logmel, np.ones(timing.mel_frames, dtype=bool))
-        if clip.partition in ("synthetic", "weak", "unlabelled"):
-            training.append(logmel)
         if video:
             for name, proj in projections.items():
                 noisy = active_v + rng.normal(0.0, spec.visual_noise, size=active_v.shape).astype(np.float32)
-                embedding = noisy @ proj
-                store.write_row(name, row, embedding, np.ones(timing.video_frames, dtype=bool))
-                if clip.partition in ("synthetic", "weak", "unlabelled"):
-                    training_visual[name].append(embedding)
-    partitions = {"partitions": ["synthetic", "weak", "unlabelled"]}
-    stacked = np.concatenate(training)
-    store.write_stats("logmel", stacked.mean(axis=0), stacked.std(axis=0), partitions)
-    for name, arrays in training_visual.items():
-        if arrays:
-            stacked = np.concatenate(arrays)
-            store.write_stats(name, stacked.mean(axis=0), stacked.std(axis=0), partitions)
+                store.write_row(name, row, noisy @ proj, np.ones(timing.video_frames, dtype=bool))
+    # The extraction's own statistics step (training partitions, real frames), for every feature.
+    training = np.isin(store.partitions(), TRAINING_PARTITIONS)
+    for name in ["logmel", *spec.visual]:
+        if (training & store.present(name)).any():
+            update_feature_stats(store, name)
     return store
