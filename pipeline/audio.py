@@ -10,16 +10,12 @@ import soundfile as sf
 import torch
 import torchaudio
 
+from pipeline.errors import ClipError
 from pipeline.labels import ClipTiming
 
 
-class AudioError(RuntimeError):
+class AudioError(ClipError):
     """A clip whose audio cannot be used; the message names the clip and the cause."""
-
-    def __init__(self, clip_id: str, cause: str):
-        super().__init__(f"clip {clip_id}: {cause}")
-        self.clip_id = clip_id
-        self.cause = cause
 
 
 @dataclass

@@ -24,19 +24,18 @@ from pathlib import Path
 import ffmpeg
 import numpy as np
 
+from pipeline.errors import ClipError
 from pipeline.ffmpeg_bin import ffmpeg_exe
 from pipeline.labels import ClipTiming
 
 _DURATION = re.compile(rb"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
 
 
-class VideoError(RuntimeError):
+class VideoError(ClipError):
     """A clip's video cannot be used; `cause` starts with the ledger reason (`corrupt: ...`)."""
 
     def __init__(self, clip_id: str, cause: str):
-        super().__init__(f"clip {clip_id}: video unusable: {cause}")
-        self.clip_id = clip_id
-        self.cause = cause
+        super().__init__(clip_id, cause, prefix="video unusable: ")
 
     @property
     def reason(self) -> str:
