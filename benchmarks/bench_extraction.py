@@ -19,7 +19,7 @@ import torch
 from pipeline.download import DownloadConfig
 from pipeline.extract import (ExtractConfig, decode_videos, download_videos, extract_audio_features,
                               plan_extraction)
-from pipeline.serve import VideoServer
+from pipeline.serve import VideoServerProcess
 from pipeline.synth import SynthConfig, make_synthetic_dataset
 
 RESULTS = Path(__file__).parent / "results"
@@ -36,7 +36,7 @@ def main() -> None:
         t = time.perf_counter()
         make_synthetic_dataset(data, SynthConfig(clips=args.clips, seed=0, missing_fraction=0.155), progress=True)
         synth_s = time.perf_counter() - t
-        with VideoServer(data / "videos") as server:
+        with VideoServerProcess(data / "videos") as server:  # its own process, like a remote host
             # "openl3" is listed so that the plan contains the video jobs; only download and decode are timed.
             cfg = ExtractConfig(metadata=str(data / "metadata"), audio_dir=str(data / "audio"),
                                 store=str(Path(tmp) / "f.zarr"), features=("logmel", "openl3"),

@@ -11,6 +11,10 @@ play a video that was taken down; yt-dlp reports it as HTTP 410, which the ledge
 from __future__ import annotations
 
 import re
+import select
+import socket
+import subprocess
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -135,14 +139,42 @@ class _QuietServer(ThreadingHTTPServer):
         pass
 
 
-class VideoServer:
-    """Serves `directory` on `host:port` (port 0: a free port) in a background thread."""
+class _Served:
+    """What both servers share: where they serve, their URL template and use as a context manager."""
 
-    def __init__(self, directory: str | Path, host: str = "127.0.0.1", port: int = 0, removed_status: int = 404):
+    def __init__(self, directory: str | Path, host: str, port: int, removed_status: int):
         self.directory = Path(directory)
         self.host = host
         self.removed_status = int(removed_status)
         self._requested_port = int(port)
+
+    @property
+    def port(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def url_template(self) -> str:
+        """URL template for `DownloadConfig.url_template`: the `{youtube_id}` field is left in."""
+        return f"http://{self.host}:{self.port}/{{youtube_id}}.mp4"
+
+    def start(self):
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class VideoServer(_Served):
+    """Serves `directory` on `host:port` (port 0: a free port) in a background thread."""
+
+    def __init__(self, directory: str | Path, host: str = "127.0.0.1", port: int = 0, removed_status: int = 404):
+        super().__init__(directory, host, port, removed_status)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -151,11 +183,6 @@ class VideoServer:
         if self._server is None:
             raise RuntimeError("VideoServer is not started")
         return self._server.server_address[1]
-
-    @property
-    def url_template(self) -> str:
-        """URL template for `DownloadConfig.url_template`: the `{youtube_id}` field is left in."""
-        return f"http://{self.host}:{self.port}/{{youtube_id}}.mp4"
 
     def start(self) -> "VideoServer":
         if self._server is not None:
@@ -179,12 +206,6 @@ class VideoServer:
         self._server = None
         self._thread = None
 
-    def __enter__(self) -> "VideoServer":
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
 
 def serve_videos(directory: str | Path, port: int, host: str = "127.0.0.1", removed_status: int = 404) -> None:
     """Serve `directory` until interrupted (for `avsed serve-videos DIR --port P`)."""
@@ -199,3 +220,79 @@ def serve_videos(directory: str | Path, port: int, host: str = "127.0.0.1", remo
         pass
     finally:
         server.stop()
+
+
+class VideoServerProcess(_Served):
+    """The same server in a process of its own, with VideoServer's interface (start / stop / url_template).
+
+    A thread of a process that is busy extracting (decoding and embedding threads, a Prefect API server beside
+    them) gets the GIL too rarely to answer in time, and downloads then time out as if YouTube were slow:
+    the demo lost 22 of 470 downloads that way on 2 cores, 91 with training running beside it. A real host
+    is a different machine; a process of its own is the closest stand-in.
+    """
+
+    def __init__(self, directory: str | Path, host: str = "127.0.0.1", port: int = 0, removed_status: int = 404,
+                 startup_timeout: float = 60.0):
+        super().__init__(directory, host, port, removed_status)
+        self.startup_timeout = float(startup_timeout)
+        self._port: int | None = None
+        self._proc: subprocess.Popen | None = None
+
+    @property
+    def port(self) -> int:
+        if self._port is None:
+            raise RuntimeError("VideoServerProcess is not started")
+        return self._port
+
+    def start(self) -> "VideoServerProcess":
+        if self._proc is not None:
+            return self
+        if not self.directory.is_dir():
+            raise FileNotFoundError(f"video directory {self.directory} does not exist")
+        port = self._requested_port or _free_port(self.host)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.serve", str(self.directory), str(port), self.host, str(self.removed_status)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Ready when the child says it is serving (after its bind): a connection test could be answered by
+        # another server already on that port.
+        ready, _, _ = select.select([self._proc.stdout], [], [], self.startup_timeout)
+        line = self._proc.stdout.readline() if ready else None
+        if not line:
+            failed = line is not None  # EOF: the child exited
+            if not failed:
+                self._proc.kill()
+            err = self._proc.communicate()[1] if failed else ""
+            self._proc = None
+            if failed:
+                cause = (err.strip().splitlines() or ["no message"])[-1]  # the exception line of its traceback
+                raise RuntimeError(f"video server process for {self.directory} on {self.host}:{port} exited at "
+                                   f"start-up: {cause}")
+            raise TimeoutError(f"video server process on {self.host}:{port} did not start within "
+                               f"{self.startup_timeout:.0f} s")
+        self._port = port
+        return self
+
+    def stop(self) -> None:
+        if self._proc is None:
+            return
+        self._proc.terminate()
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        for stream in (self._proc.stdout, self._proc.stderr):
+            if stream:
+                stream.close()
+        self._proc = None
+        self._port = None
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+if __name__ == "__main__":  # python -m pipeline.serve DIR PORT HOST REMOVED_STATUS, as VideoServerProcess runs it
+    serve_videos(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))

@@ -7,11 +7,11 @@ import socket
 
 import pytest
 
-from pipeline.serve import VideoServer
+from pipeline.serve import VideoServer, VideoServerProcess
 
 
-@pytest.fixture()
-def served(tmp_path):
+@pytest.fixture(params=[VideoServer, VideoServerProcess], ids=["thread", "process"])
+def served(tmp_path, request):
     root = tmp_path / "videos"
     root.mkdir()
     data = bytes(range(256)) * 40  # 10240 bytes
@@ -21,7 +21,7 @@ def served(tmp_path):
     (root / "removed.txt").write_text("# taken down\ngonegonegon\n")
     (root / "pagepagepag.mp4").write_text("<!DOCTYPE html><html><body>hi</body></html>")
     (tmp_path / "secret.mp4").write_bytes(b"SECRET")
-    with VideoServer(root, removed_status=410) as server:
+    with request.param(root, removed_status=410) as server:
         yield server, data
 
 
@@ -92,3 +92,21 @@ def test_binds_loopback_and_stops(tmp_path):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
     with pytest.raises(RuntimeError):
         _ = server.port
+
+
+def test_process_server_stops_and_reports_a_failed_start(tmp_path):
+    server = VideoServerProcess(tmp_path).start()
+    port = server.port
+    with socket.create_connection(("127.0.0.1", port), timeout=1):
+        pass
+    server.stop()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    with pytest.raises(RuntimeError):
+        _ = server.port
+    with pytest.raises(FileNotFoundError):
+        VideoServerProcess(tmp_path / "absent").start()
+    # a port already taken: the child exits and its error comes back
+    with VideoServer(tmp_path) as taken:
+        with pytest.raises(RuntimeError, match="exited at start-up.*Address already in use"):
+            VideoServerProcess(tmp_path, port=taken.port).start()
