@@ -103,9 +103,11 @@ def load_training_data(store_path: str | Path, config: TrainConfig, device: torc
 
 
 def train(store_path: str | Path, config: TrainConfig | dict | str | Path | None, out_dir: str | Path,
-          resume: bool = False, stop_after: int | None = None, data: ClipSet | None = None) -> TrainResult:
+          resume: bool = False, stop_after: int | None = None, data: ClipSet | None = None,
+          progress_desc: str = "train", progress_position: int | None = None) -> TrainResult:
     """Train (or resume) a run. `stop_after` ends the loop early at that step with a checkpoint, as an
-    interruption would (used by tests and benchmarks); `data` reuses already loaded tensors."""
+    interruption would (used by tests and benchmarks); `data` reuses already loaded tensors;
+    `progress_desc` / `progress_position` label and place the progress bar (runs side by side)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path = out_dir / CHECKPOINT
@@ -176,7 +178,8 @@ def train(store_path: str | Path, config: TrainConfig | dict | str | Path | None
     teacher.train()  # the teacher sees dropout noise too (mean teacher); no gradients
     last: dict[str, float] = {}
     t0, start_step = time.perf_counter(), step
-    with tqdm(total=total, initial=step, desc="train", disable=not config.progress, dynamic_ncols=True) as bar, \
+    with tqdm(total=total, initial=step, desc=progress_desc, position=progress_position,
+              disable=not config.progress, dynamic_ncols=True) as bar, \
             open(log_path, "a") as log:
         while step < total:
             idx = torch.from_numpy(composer.indices(step)).to(device)

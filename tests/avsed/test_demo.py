@@ -37,7 +37,7 @@ def test_quick_demo_produces_every_stage_output(tmp_path):
         assert set(result["sets"]) >= {"all", "with_video"}
         assert (run / "evaluation/per_class.png").stat().st_size > 1000
         assert (run / "evaluation/psd_roc.png").stat().st_size > 1000
-    for name in ("report.md", "metrics.csv", "split.csv", "psd_roc.png", "split_by_video.png"):
+    for name in ("report.md", "metrics.csv", "split.csv", "psd_roc.png", "split_by_video.png", "split_by_video.md"):
         assert (out / "report" / name).stat().st_size > 100, name
     # 5. the incremental rerun recorded the vanished videos and did no new work
     summary = json.loads((out / "summary.json").read_text())
@@ -49,3 +49,20 @@ def test_quick_demo_produces_every_stage_output(tmp_path):
     assert "incremental rerun after deleting 2 served videos" in printed
     ebf1 = summary["results"]["audio-only"]["all"]["ebf1"]
     assert f"{100 * ebf1:.1f}" in printed
+    assert "bi-encoder minus audio-only" in printed
+
+
+def test_training_waves_cover_every_model_once_and_fit_the_cores():
+    from avsed.demo import DEMO_MODELS, training_waves
+
+    names = list(DEMO_MODELS)
+    for cpus in (1, 2, 3, 16):
+        waves = training_waves(names, cpus)
+        flat = [n for wave in waves for n in wave]
+        assert sorted(flat) == sorted(names), cpus
+        assert all(len(wave) <= max(1, cpus) for wave in waves), (cpus, waves)
+    assert training_waves(names, 1) == [[n] for n in names]
+    assert training_waves(names, 16) == [names]
+    # two cores: the two bi-encoders (the longer runs) side by side, then the audio-only model on both cores
+    first, second = training_waves(names, 2)
+    assert all(len(DEMO_MODELS[n][0]) == 2 for n in first) and second == ["audio-only"]
