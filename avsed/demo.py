@@ -48,7 +48,7 @@ class DemoConfig:
     seed: int = 0
     # Above DESED's 15.5% so that the eval clips without video are numerous enough for stable numbers.
     missing_fraction: float = 0.3
-    # synthetic (strong), weak, unlabelled, validation, eval: 195 training clips, 105 for tuning and 200 for
+    # synthetic (strong), weak, unlabelled, validation, eval: about 195 training clips, 105 for tuning and 200 for
     # evaluation, so that the split by video availability rests on about 140 and 60 clips (evaluation is cheap,
     # training time does not depend on the number of clips)
     partition_fractions: tuple[float, ...] = (0.12, 0.18, 0.09, 0.21, 0.40)
