@@ -12,10 +12,13 @@ cut fails, the whole video is fetched once as `<clip stem>.whole.<ext>` and `Dow
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
+
+from tqdm.auto import tqdm
 
 from pipeline.ffmpeg_bin import ensure_ffmpeg_on_path, ffmpeg_exe
 
@@ -313,8 +316,6 @@ def download_clips(items: Iterable[tuple[str, "YouTubeSegment | None"]], out_dir
 
     Closing the iterator early cancels the downloads not yet started.
     """
-    from tqdm.auto import tqdm
-
     items = list(items)
     if not items:
         return
@@ -339,25 +340,63 @@ def download_clips(items: Iterable[tuple[str, "YouTubeSegment | None"]], out_dir
 
 
 
+def _probe_options(config: DownloadConfig) -> dict:
+    return {"logger": _CapturedLog(), "quiet": True, "noprogress": True, "noplaylist": True, "cachedir": False,
+            "socket_timeout": config.socket_timeout, "extractor_retries": config.retries,
+            "format": config.format, "format_sort": list(config.format_sort)}
+
+
 def probe_clip(clip_id: str, segment: "YouTubeSegment | None",
-               config: DownloadConfig = DownloadConfig()) -> DownloadResult:
+               config: DownloadConfig = DownloadConfig(), ydl=None) -> DownloadResult:
     """Ask whether a clip's video still exists, without downloading it (for clips whose features are cached).
 
-    Same error classes as `download_clip`; `path` is always None.
+    Same error classes as `download_clip`; `path` is always None. `ydl`: a `yt_dlp.YoutubeDL` made with
+    `_probe_options` to reuse (see `probe_clips`); by default one is made for this call.
     """
     import yt_dlp
 
     if segment is None:
         return DownloadResult(clip_id, None, "missing", "no_youtube_id",
                               NO_YOUTUBE_ID_MESSAGE, None)
-    log = _CapturedLog()
-    opts = {"logger": log, "quiet": True, "noprogress": True, "noplaylist": True, "cachedir": False,
-            "socket_timeout": config.socket_timeout, "extractor_retries": config.retries,
-            "format": config.format, "format_sort": list(config.format_sort)}
+    url = config.url(segment.youtube_id)
     try:
-        with yt_dlp.YoutubeDL(opts) as ydl:
-            ydl.extract_info(config.url(segment.youtube_id), download=False)
+        if ydl is None:
+            with yt_dlp.YoutubeDL(_probe_options(config)) as own:
+                own.extract_info(url, download=False)
+        else:
+            ydl.extract_info(url, download=False)
     except Exception as exc:  # noqa: BLE001 - per-clip boundary, as in download_clip
         status, reason, message = classify_download_error(exc)
         return DownloadResult(clip_id, segment.youtube_id, status, reason, message, None)
     return DownloadResult(clip_id, segment.youtube_id, "available", None, "still available", None)
+
+
+def probe_clips(clips: "list[tuple[str, YouTubeSegment | None]]", config: DownloadConfig = DownloadConfig(),
+                progress: bool = False) -> list[DownloadResult]:
+    """`probe_clip` for many clips, `config.concurrency` at a time, in input order.
+
+    Each worker thread reuses one YoutubeDL: making one costs about 75 ms of CPU, ten times a check against
+    a fast host (measured on loopback: 83 ms per probe with a new instance, 8 ms reusing one), which made
+    re-checking the demo's 326 cached videos take 27 s, and would take half an hour for all of DESED.
+    """
+    import yt_dlp
+
+    local = threading.local()
+    made: list = []
+    lock = threading.Lock()
+
+    def check(item: "tuple[str, YouTubeSegment | None]") -> DownloadResult:
+        ydl = getattr(local, "ydl", None)
+        if ydl is None:
+            ydl = local.ydl = yt_dlp.YoutubeDL(_probe_options(config))
+            with lock:
+                made.append(ydl)
+        return probe_clip(item[0], item[1], config, ydl)
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, config.concurrency)) as pool:
+            return list(tqdm(pool.map(check, clips), total=len(clips), desc="re-check videos", unit="clip",
+                             disable=not progress))
+    finally:
+        for ydl in made:
+            ydl.close()

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from features.base import AudioExtractor, FeatureExtractor, FrameExtractor, build_extractor, extractor_class
 from pipeline.audio import AudioError, load_clip_audio
 from pipeline.download import (NO_YOUTUBE_ID_MESSAGE, DownloadConfig, DownloadResult, download_clips,
-                               probe_clip)
+                               probe_clips)
 from pipeline.frames import VideoError, decode_frames
 from pipeline.ledger import Ledger
 from pipeline.labels import ClipTiming
@@ -379,14 +379,10 @@ def _count_downloads(report: ExtractionReport, downloads: list[DownloadResult], 
 
 def probe_cached_videos(config: ExtractConfig, jobs: list[VideoJob], progress: bool = False) -> ExtractionReport:
     """Re-check that videos whose features are cached still exist; vanished ones are recorded, features kept."""
-    from concurrent.futures import ThreadPoolExecutor
-
     report = ExtractionReport()
     if not jobs:
         return report
-    with ThreadPoolExecutor(max_workers=max(1, config.download.concurrency)) as pool:
-        results = list(tqdm(pool.map(lambda j: probe_clip(j.clip_id, j.segment, config.download), jobs),
-                            total=len(jobs), desc="re-check videos", unit="clip", disable=not progress))
+    results = probe_clips([(j.clip_id, j.segment) for j in jobs], config.download, progress)
     ledger = Ledger(config.ledger_path)
     try:
         for r in results:
@@ -430,6 +426,7 @@ def run_extraction(config: ExtractConfig, progress: bool = True, timing: ClipTim
     report.add(extract_audio_features(config, plan.audio_jobs, plan.audio_features, timing, progress))
     t2 = time.perf_counter()
     report.add(probe_cached_videos(config, plan.probe_jobs, progress))
+    t_probe = time.perf_counter()
     stage = Counter()
     batches = plan.video_batches(config.batch_clips)
     for batch in tqdm(batches, desc="video batches", unit="batch", disable=not progress or not batches):
@@ -440,7 +437,8 @@ def run_extraction(config: ExtractConfig, progress: bool = True, timing: ClipTim
     t3 = time.perf_counter()
     finish_extraction(config)
     t4 = time.perf_counter()
-    report.stage_seconds = {"plan": t1 - t0, "audio": t2 - t1, **dict(stage), "stats": t4 - t3}
+    report.stage_seconds = {"plan": t1 - t0, "audio": t2 - t1, "re-check": t_probe - t2, **dict(stage),
+                            "stats": t4 - t3}
     report.seconds = t4 - t0
     return report
 
