@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.evaluate import METRICS
+
 DEMO_MODELS = {
     # name: (encoders, interpolation weights during training)
     "audio-only": (["logmel"], None),
@@ -116,7 +118,8 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, config: Demo
     from pipeline.status import format_status, store_status
     from pipeline.synth import SynthConfig, make_synthetic_dataset
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    cpus = os.cpu_count() or 1
+    torch.set_num_threads(cpus)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -155,8 +158,8 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, config: Demo
         runs = out / "runs"
         checkpoints = {name: runs / name.replace(" ", "_").replace("(", "").replace(")", "") for name in DEMO_MODELS}
         t0 = time.perf_counter()
-        for wave in training_waves(list(DEMO_MODELS), os.cpu_count() or 1):
-            threads = max(1, (os.cpu_count() or 1) // len(wave))
+        for wave in training_waves(list(DEMO_MODELS), cpus):
+            threads = max(1, cpus // len(wave))
             jobs = [(str(store), demo_train_config(*DEMO_MODELS[name], cfg, cfg.seed).to_dict(),
                      str(checkpoints[name]), threads, name, k) for k, name in enumerate(wave)]
             for name, seconds in zip(wave, run_side_by_side(jobs)):
@@ -270,38 +273,41 @@ def vanish_videos(store_path: Path, video_dir: Path, n: int, seed: int) -> list[
     return chosen
 
 
-SPLIT_SETS = ("with_video", "without_video", "with_video_audio_only")
+VIDEO_SPLITS = ("with_video", "without_video")  # the sets the paper's claim compares
+SPLIT_SETS = VIDEO_SPLITS + ("with_video_audio_only",)
+
+
+def _percent(result, split: str, metric: str) -> float | None:
+    """A metric of one evaluated set in %, None where the set or the metric is absent."""
+    value = result.sets[split].metrics.get(metric) if split in result.sets else None
+    return None if value is None else 100 * value
 
 
 def split_markdown(results: dict) -> str:
-    metrics = ("cbf1", "sbf1", "ebf1", "psds1", "psds2")
-    rows = ["| model | set | clips | " + " | ".join(m.upper() for m in metrics) + " |",
-            "|---|---|---:|" + "---:|" * len(metrics)]
+    rows = ["| model | set | clips | " + " | ".join(m.upper() for m in METRICS) + " |",
+            "|---|---|---:|" + "---:|" * len(METRICS)]
     for name, r in results.items():
         for s in SPLIT_SETS:
             if s in r.sets:
-                m = r.sets[s].metrics
-                vals = " | ".join("" if m.get(k) is None else f"{100 * m[k]:.1f}" for k in metrics)
-                rows.append(f"| {name} | {s.replace('_', ' ')} | {r.sets[s].n_clips} | {vals} |")
+                vals = [_percent(r, s, m) for m in METRICS]
+                cells = " | ".join("" if v is None else f"{v:.1f}" for v in vals)
+                rows.append(f"| {name} | {s.replace('_', ' ')} | {r.sets[s].n_clips} | {cells} |")
     return "\n".join(rows)
 
 
 def claim_markdown(results: dict, baseline: str = "audio-only") -> str:
     """The paper's claim as differences: each bi-encoder minus the audio-only model, in points, on eval clips
     with video and without (the paper: better with video, about equal without)."""
-    metrics = ("cbf1", "sbf1", "ebf1", "psds1", "psds2")
-    rows = ["| model | set | " + " | ".join(f"Δ{m.upper()}" for m in metrics) + " |", "|---|---|" + "---:|" * len(metrics)]
-    base = results[baseline].sets
+    rows = ["| model | set | " + " | ".join(f"Δ{m.upper()}" for m in METRICS) + " |", "|---|---|" + "---:|" * len(METRICS)]
+    base = results[baseline]
     for name, r in results.items():
         if name == baseline:
             continue
-        for s in ("with_video", "without_video"):
-            if s in r.sets and s in base:
-                vals = []
-                for m in metrics:
-                    a, b = r.sets[s].metrics.get(m), base[s].metrics.get(m)
-                    vals.append("" if a is None or b is None else f"{100 * (a - b):+.1f}")
-                rows.append(f"| {name} | {s.replace('_', ' ')} | " + " | ".join(vals) + " |")
+        for s in VIDEO_SPLITS:
+            if s in r.sets and s in base.sets:
+                pairs = [(_percent(r, s, m), _percent(base, s, m)) for m in METRICS]
+                cells = " | ".join("" if a is None or b is None else f"{a - b:+.1f}" for a, b in pairs)
+                rows.append(f"| {name} | {s.replace('_', ' ')} | {cells} |")
     return "\n".join(rows)
 
 
@@ -313,34 +319,31 @@ def plot_split(results: dict, path: Path, baseline: str = "audio-only") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = ("cbf1", "sbf1", "ebf1", "psds1", "psds2")
-    splits = ("with_video", "without_video")
     names = list(results)
     others = [n for n in names if n != baseline]
     colours = {n: f"C{k}" for k, n in enumerate(names)}
 
     def value(name, split, metric):
-        sets = results[name].sets
-        v = sets[split].metrics.get(metric) if split in sets else None
-        return np.nan if v is None else 100 * v
+        v = _percent(results[name], split, metric)
+        return np.nan if v is None else v
 
-    fig, axes = plt.subplots(2, len(splits), figsize=(12, 7), sharey="row")
-    x = np.arange(len(metrics))
-    for col, split in enumerate(splits):
+    fig, axes = plt.subplots(2, len(VIDEO_SPLITS), figsize=(12, 7), sharey="row")
+    x = np.arange(len(METRICS))
+    for col, split in enumerate(VIDEO_SPLITS):
         ax = axes[0, col]
         width = 0.8 / len(names)
         for k, name in enumerate(names):
-            ax.bar(x + (k - (len(names) - 1) / 2) * width, [value(name, split, m) for m in metrics], width,
+            ax.bar(x + (k - (len(names) - 1) / 2) * width, [value(name, split, m) for m in METRICS], width,
                    color=colours[name], label=name)
         ax.set_title(f"eval clips {split.replace('_', ' ')}")
-        ax.set_xticks(x, [m.upper() for m in metrics])
+        ax.set_xticks(x, [m.upper() for m in METRICS])
         ax = axes[1, col]
         width = 0.8 / max(1, len(others))
         for k, name in enumerate(others):
-            diffs = [value(name, split, m) - value(baseline, split, m) for m in metrics]
+            diffs = [value(name, split, m) - value(baseline, split, m) for m in METRICS]
             ax.bar(x + (k - (len(others) - 1) / 2) * width, diffs, width, color=colours[name])
         ax.axhline(0.0, color="black", linewidth=0.8)
-        ax.set_xticks(x, [m.upper() for m in metrics])
+        ax.set_xticks(x, [m.upper() for m in METRICS])
     axes[0, 0].set_ylabel("%")
     axes[1, 0].set_ylabel(f"minus {baseline}, points")
     handles, labels = axes[0, 0].get_legend_handles_labels()
