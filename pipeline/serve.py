@@ -10,12 +10,14 @@ play a video that was taken down; yt-dlp reports it as HTTP 410, which the ledge
 
 from __future__ import annotations
 
+import os
 import re
 import select
 import socket
 import subprocess
 import sys
 import threading
+import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -256,19 +258,17 @@ class VideoServerProcess(_Served):
         # Ready when the child says it is serving (after its bind): a connection test could be answered by
         # another server already on that port.
         ready, _, _ = select.select([self._proc.stdout], [], [], self.startup_timeout)
-        line = self._proc.stdout.readline() if ready else None
-        if not line:
-            failed = line is not None  # EOF: the child exited
-            if not failed:
-                self._proc.kill()
-            err = self._proc.communicate()[1] if failed else ""
-            self._proc = None
-            if failed:
-                cause = (err.strip().splitlines() or ["no message"])[-1]  # the exception line of its traceback
-                raise RuntimeError(f"video server process for {self.directory} on {self.host}:{port} exited at "
-                                   f"start-up: {cause}")
-            raise TimeoutError(f"video server process on {self.host}:{port} did not start within "
-                               f"{self.startup_timeout:.0f} s")
+        if not (ready and self._proc.stdout.readline()):
+            proc, self._proc = self._proc, None
+            if not ready:
+                proc.kill()
+            err = proc.communicate()[1]  # reaps the child (killed or exited) and closes its pipes
+            if not ready:
+                raise TimeoutError(f"video server process on {self.host}:{port} did not start within "
+                                   f"{self.startup_timeout:.0f} s")
+            cause = (err.strip().splitlines() or ["no message"])[-1]  # the exception line of its traceback
+            raise RuntimeError(f"video server process for {self.directory} on {self.host}:{port} exited at "
+                               f"start-up: {cause}")
         self._port = port
         return self
 
@@ -294,5 +294,13 @@ def _free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
+def _exit_with_parent(parent: int) -> None:
+    """A parent killed outright (SIGKILL) cannot stop its server process: it stops itself once orphaned."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
+
+
 if __name__ == "__main__":  # python -m pipeline.serve DIR PORT HOST REMOVED_STATUS, as VideoServerProcess runs it
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     serve_videos(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))

@@ -110,3 +110,35 @@ def test_process_server_stops_and_reports_a_failed_start(tmp_path):
     with VideoServer(tmp_path) as taken:
         with pytest.raises(RuntimeError, match="exited at start-up.*Address already in use"):
             VideoServerProcess(tmp_path, port=taken.port).start()
+
+
+def test_process_server_stops_itself_when_its_parent_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # a parent that starts the server, prints its port and then is killed with SIGKILL (no clean-up runs)
+    code = ("import sys, time; from pipeline.serve import VideoServerProcess; "
+            "s = VideoServerProcess(sys.argv[1]).start(); print(s.port, s._proc.pid, flush=True); time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    port, child = (int(x) for x in parent.stdout.readline().split())
+    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    parent.stdout.close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        try:  # reaped by init; while it lingers as a zombie, os.kill still succeeds: check the port instead
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the server process outlived its killed parent by 15 s")
