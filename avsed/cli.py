@@ -67,10 +67,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
         report = run_extraction(cfg, progress=not args.json).to_dict()
     else:
-        import os
+        from flows import in_process_defaults
 
-        # The flow's temporary Prefect API server gets 20 s to start by default; a busy machine needs more.
-        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+        in_process_defaults()
         from flows.extract import extract_features
 
         report = extract_features(config=cfg.to_dict(), dask_address=args.dask_address)

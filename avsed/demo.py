@@ -104,9 +104,9 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, config: Demo
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    # The temporary Prefect API server of an in-process flow run gets 20 s to start by default; a busy 2-core
-    # machine (torch and dask loading beside it) can need more.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    from flows import in_process_defaults
+
+    in_process_defaults()
     import torch
 
     from evaluation.plots import plot_psd_roc
