@@ -1,10 +1,21 @@
-"""The error every unusable clip raises: its message names the clip and the cause.
+"""The project's two kinds of expected error.
 
-`AudioError` and `VideoError` subclass it, so a caller that skips bad clips and carries on (extraction,
-the manifest check) catches `ClipError` once, and one that cares which input failed catches the subclass.
+`AvsedError`: a refusal the user can act on (bad metadata, a missing weights file, a store made with other
+settings, a store another run is writing, an unknown config key). Its message is one line: what, which file
+or clip, and what to do. The `avsed` command prints that line and exits non-zero (the traceback only with
+`--debug`), and Prefect tasks do not retry it: a retry cannot succeed. Anything else is a bug and keeps its
+traceback.
+
+`ClipError`: one clip cannot be used (its audio or video); extraction records it with the clip and goes on.
+`AudioError` and `VideoError` subclass it, so a caller that skips bad clips and carries on catches `ClipError`
+once, and one that cares which input failed catches the subclass.
 """
 
 from __future__ import annotations
+
+
+class AvsedError(Exception):
+    """An expected, user-fixable refusal: the message names what, where (file or clip) and what to do."""
 
 
 class ClipError(RuntimeError):
