@@ -12,16 +12,21 @@ Layout as published (paths relative to the metadata and audio roots; all configu
 
 Recorded clips are named `Y<11-character YouTube id>_<start>_<end>.wav` (eval: without the `Y`, whole
 seconds); ids may start with `-` and contain `_`. Synthetic soundscapes (`123.wav`) carry no id and are audio-only by construction.
+
+Reading: one physical line is one row, cells split at tabs, no quoting (a `"` is never part of a name or a
+class, so quotes at a cell's edge are dropped); a UTF-8 BOM and LF / CRLF / CR line ends are accepted. A file
+that is missing, empty, not UTF-8 or lacks its header line is a `ManifestError` (one line: file, cause, what
+to do); a bad data line is a `ManifestProblem` naming file, line and clip, and only that clip is left out.
 """
 
 from __future__ import annotations
 
-import csv
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.classes import DESED_CLASSES, UnknownClassError, class_index
+from pipeline.errors import AvsedError
 from pipeline.labels import Event
 
 SUPERVISION = ("strong", "weak", "unlabelled")
@@ -105,8 +110,8 @@ class ManifestProblem:
         return f"{where}:{clip} {self.cause}"
 
 
-class ManifestError(ValueError):
-    """The metadata cannot be read at all (missing file, wrong header)."""
+class ManifestError(AvsedError):
+    """The metadata cannot be read at all (missing or empty file, missing header, not UTF-8)."""
 
 
 @dataclass
@@ -121,17 +126,34 @@ class Manifest:
 _STRONG_COLUMNS = ["filename", "onset", "offset", "event_label"]
 
 
+def _cell(text: str) -> str:
+    # No quoting: DESED files are plain tab-separated, and csv quoting let one stray `"` swallow every
+    # following line into a single field. A `"` is never part of a clip name or class name, so quotes
+    # around a cell (a spreadsheet's) or a stray one at its edge are dropped rather than kept.
+    return text.strip().strip('"').strip()
+
+
 def _read_rows(path: Path, expected: list[str]) -> list[tuple[int, list[str]]]:
+    """(line number, cells) of every non-blank data line: one physical line is one row, whatever it holds."""
+    header_text = "<TAB>".join(expected)
     if not path.is_file():
-        raise ManifestError(f"{path}: metadata file not found")
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh, delimiter="\t"))
-    if not rows:
-        raise ManifestError(f"{path}: empty metadata file (expected header {'<TAB>'.join(expected)})")
-    header = [h.strip() for h in rows[0]]
+        raise ManifestError(f"{path}: metadata file not found; point --metadata at the DESED metadata folder "
+                            f"(this partition's file is expected there)")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")  # a UTF-8 BOM (spreadsheet exports write one) is dropped
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from None
+    # Lines end in LF, CRLF or (old Mac exports) CR; str.splitlines() would also split inside a line at
+    # form feeds and Unicode separators, so the three endings are handled explicitly.
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if not any(ln.strip() for ln in lines):
+        raise ManifestError(f"{path}: empty metadata file; expected at least the header line {header_text} "
+                            f"(restore the file from the DESED release)")
+    header = [_cell(h) for h in lines[0].split("\t")]
     if header[: len(expected)] != expected:
-        raise ManifestError(f"{path}:1: header {header!r} does not start with {expected!r}")
-    return [(i + 2, r) for i, r in enumerate(rows[1:]) if any(cell.strip() for cell in r)]
+        raise ManifestError(f"{path}:1: the first line {lines[0][:80]!r} is not the header {header_text}; "
+                            f"add that header line (or restore the file from the DESED release)")
+    return [(i + 2, [_cell(c) for c in ln.split("\t")]) for i, ln in enumerate(lines[1:]) if ln.strip()]
 
 
 def read_partition(spec: PartitionSpec, metadata_root: Path, audio_root: Path,
@@ -146,7 +168,7 @@ def read_partition(spec: PartitionSpec, metadata_root: Path, audio_root: Path,
     order: list[str] = []
     bad: set[str] = set()
     for line, row in rows:
-        name = row[0].strip() if row else ""
+        name = row[0] if row else ""
         if not name:
             out.problems.append(ManifestProblem(str(path), line, None, "empty filename"))
             continue
@@ -154,7 +176,7 @@ def read_partition(spec: PartitionSpec, metadata_root: Path, audio_root: Path,
             if spec.supervision == "strong":
                 if len(row) < 4:
                     raise ValueError(f"expected 4 columns ({', '.join(_STRONG_COLUMNS)}), got {len(row)}")
-                onset_s, offset_s, label = (c.strip() for c in row[1:4])
+                onset_s, offset_s, label = row[1:4]
                 if name not in events:
                     events[name] = []
                     order.append(name)
@@ -168,7 +190,7 @@ def read_partition(spec: PartitionSpec, metadata_root: Path, audio_root: Path,
             elif spec.supervision == "weak":
                 if len(row) < 2:
                     raise ValueError("expected 2 columns (filename, event_labels)")
-                labels = tuple(sorted({x.strip() for x in row[1].split(",") if x.strip()}))
+                labels = tuple(sorted({_cell(x) for x in row[1].split(",") if _cell(x)}))
                 for label in labels:
                     class_index(label, classes)
                 if name in weak:

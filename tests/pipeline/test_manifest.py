@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.errors import AvsedError
 from pipeline.labels import Event
 from pipeline.manifest import (DESED_2020_PARTITIONS, ManifestError, parse_clip_name, read_manifest)
 
@@ -87,3 +88,64 @@ def test_published_partition_paths():
     assert paths["weak"] == ("train/weak.tsv", "train/weak")
     assert paths["unlabelled"] == ("train/unlabel_in_domain.tsv", "train/unlabel_in_domain")
     assert paths["synthetic"][0] == "train/synthetic20/soundscapes.tsv"
+
+
+# --- the plain tab-separated reader (issue 13 item 6) ------------------------------------------------------------
+
+A, B, C, D = (f"Y{c * 11}_0.000_10.000.wav" for c in "abcd")
+
+
+def test_a_stray_quote_swallows_no_line(desed):
+    # With csv quoting, the `"` opening line 2's label cell ran on through the following lines as one field:
+    # clips B, C and D vanished without a problem reported.
+    write(desed / "metadata/train/weak.tsv",
+          f'filename\tevent_labels\n{A}\t"Dog\n{B}\tCat\n{C}\t"Speech,Dishes"\n{D}\tFrying,"Blender\n')
+    man = read_manifest(desed / "metadata", desed / "audio")
+    assert man.problems == []
+    weak = {c.clip_id: c.weak_labels for c in man.clips if c.partition == "weak"}
+    assert weak == {A: ("Dog",), B: ("Cat",), C: ("Dishes", "Speech"), D: ("Blender", "Frying")}
+
+
+def test_a_quote_inside_a_name_costs_only_its_own_line(desed):
+    write(desed / "metadata/train/weak.tsv", f'filename\tevent_labels\n{A}\tDo"g\n{B}\tCat\n{C}\tDog\n')
+    man = read_manifest(desed / "metadata", desed / "audio")
+    assert [str(p) for p in man.problems] == [
+        f"{desed / 'metadata/train/weak.tsv'}:2: clip {A}: unknown class 'Do\"g'; expected one of "
+        "Alarm_bell_ringing, Blender, Cat, Dishes, Dog, Electric_shaver_toothbrush, Frying, Running_water, "
+        "Speech, Vacuum_cleaner"]
+    assert [c.clip_id for c in man.clips if c.partition == "weak"] == [B, C]
+
+
+def test_utf8_bom_and_crlf_and_cr_line_ends(desed):
+    (desed / "metadata/train/weak.tsv").write_bytes(
+        f"\ufefffilename\tevent_labels\r\n{A}\tDog\r\n\r\n{B}\tCat,Speech\r\n".encode("utf-8"))
+    (desed / "metadata/eval/public.tsv").write_bytes(
+        f"\ufefffilename\tonset\toffset\tevent_label\r{C}\t0.5\t2.0\tCat\r{D}\t\t\t\r".encode("utf-8"))
+    man = read_manifest(desed / "metadata", desed / "audio")
+    assert man.problems == []
+    by = man.by_id()
+    assert by[A].weak_labels == ("Dog",) and by[B].weak_labels == ("Cat", "Speech")
+    assert by[A].youtube_id == "a" * 11 and by[B].audio_path.name == B  # no "\r" left in a name
+    assert by[C].events == (Event(0.5, 2.0, "Cat"),) and by[D].events == ()
+    assert [c.clip_id for c in man.clips if c.partition == "eval"] == [C, D]
+    # a bad line after CRLF blank lines is still reported with its own line number
+    (desed / "metadata/train/weak.tsv").write_bytes(f"filename\tevent_labels\r\n\r\n{A}\tUnicorn\r\n".encode())
+    problems = read_manifest(desed / "metadata", desed / "audio").problems
+    assert [(p.line, p.clip_id) for p in problems] == [(3, A)]
+
+
+@pytest.mark.parametrize("content,cause", [
+    (b"", "empty metadata file"),
+    (b"\xef\xbb\xbf\r\n  \n", "empty metadata file"),
+    (f"{A}\tDog\n{B}\tCat\n".encode(), "is not the header filename<TAB>event_labels"),
+    ("filename\tevent_labels\nYcaf\xe9_0_10.wav\tDog\n".encode("latin-1"), "not UTF-8"),
+])
+def test_unreadable_metadata_is_one_named_line_saying_what_to_do(desed, content, cause):
+    path = desed / "metadata/train/weak.tsv"
+    path.write_bytes(content)
+    with pytest.raises(ManifestError) as info:
+        read_manifest(desed / "metadata", desed / "audio")
+    message = str(info.value)
+    assert isinstance(info.value, AvsedError)
+    assert message.startswith(f"{path}") and cause in message and "\n" not in message
+    assert any(what in message for what in ("add", "restore", "save it as UTF-8"))
