@@ -1,6 +1,12 @@
-"""Shared machinery of the PyTorch image embeddings (OpenL3, VGG16, TCE): device choice, batching of frames of
-many clips, inference mode, channels_last, optional bf16/fp16 autocast on GPU, lazy model loading with the
-weights checks of `features.weights`, and computing identical frames (still images, black screens) only once.
+"""Shared machinery of the PyTorch image embeddings (OpenL3, VGG16, TCE): device choice, fixed-shape batching,
+inference mode, channels_last, bf16 autocast on GPU by default, lazy model loading with the weights checks of
+`features.weights`, and computing identical frames (still images, black screens) only once.
+
+Fixed batch shapes: every forward pass sees exactly `batch_size` frames (a short last batch is padded with black
+frames whose outputs are dropped). For a fixed shape the kernels compute each frame's output independently of the
+other frames of the batch (checked bit for bit on CPU, `tests/features/test_embedding_worker.py`), so a frame's
+embedding depends only on the frame and `batch_size`: not on which clips shared its batch, nor on whether identical
+frames were computed once. That is what makes a resumed extraction write exactly what an uninterrupted one would.
 
 A concrete embedding subclasses `TorchImageExtractor` and supplies: the network built with random init
 (`build_network`), the weights file name it expects (`weights_file_name`), how that file becomes a state dict
@@ -40,10 +46,18 @@ class ImageExtractorConfig:
     allow_random_weights: bool = False
     seed: int = 0
     device: str = "auto"  # "auto" -> cuda if available, else cpu
-    batch_size: int = 32  # frames per forward pass; frames of many clips share a batch
-    autocast: Autocast = "none"  # bf16/fp16 autocast, GPU only (ignored on CPU and recorded as "none")
+    # Frames per forward pass (the fixed batch shape; frames of many clips share a batch). On a GPU use a few
+    # hundred (e.g. 256) to fill it.
+    batch_size: int = 32
+    # bf16/fp16 autocast, GPU only: bf16 by default there (tensor cores; the store keeps float16 anyway). On CPU
+    # the effective mode is "none". The effective mode is recorded in the provenance.
+    autocast: Autocast = "bf16"
     num_threads: int | None = None  # torch CPU threads; None leaves torch's default
     channels_last: bool = True
+    # cuDNN picks the fastest algorithm per input shape (shapes are fixed here, so it chooses once). It may pick
+    # a different one on another run; set False (and fixed shapes keep the choice deterministic) when a resumed
+    # GPU run must be bit-identical to an uninterrupted one.
+    cudnn_benchmark: bool = True
     dedup_identical_frames: bool = True  # still images and black screens are common on YouTube
     # Fold each batch norm that directly follows a convolution into it (inference only): +10% frames/s for
     # OpenL3, +25% for TCE on CPU, outputs equal to ~1e-6 relative.
@@ -190,9 +204,11 @@ class TorchImageExtractor(FrameExtractor):
 
     def provenance(self) -> dict[str, Any]:
         prov = super().provenance()
-        # Memory layout and deduplication do not change the values; the effective autocast does. Whether random
-        # weights were allowed is recorded by `weights` itself ("random" or the file's checksum).
-        for key in ("channels_last", "dedup_identical_frames", "fuse_batchnorm", "allow_random_weights"):
+        # Memory layout, batch-norm folding and the cuDNN algorithm choice change the numerics at most; the
+        # effective autocast, the input size and the weights change the values. Deduplication is recorded too
+        # (issue #13: everything that could change a feature's values is named, so a store never mixes rows made
+        # both ways). Whether random weights were allowed is recorded by `weights` itself.
+        for key in ("channels_last", "fuse_batchnorm", "allow_random_weights", "cudnn_benchmark"):
             prov["config"].pop(key, None)
         if not prov["weights"] == RANDOM_WEIGHTS:
             prov["config"].pop("seed", None)  # the seed only matters for random weights
@@ -215,6 +231,8 @@ class TorchImageExtractor(FrameExtractor):
     def _load(self) -> None:
         if self.config.num_threads:
             torch.set_num_threads(self.config.num_threads)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = bool(self.config.cudnn_benchmark)
         path, _ = self._resolve_weights()
         if path is None:
             # torch's RNG is process-wide: two threads initialising two models at once would interleave their
@@ -239,14 +257,45 @@ class TorchImageExtractor(FrameExtractor):
         self._net = net
 
     # --- inference --------------------------------------------------------------------------------------
-    def _prepare(self, batch: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, H, W, 3) uint8 frames already on the device -> the network's input (n, 3, S, S)."""
         # NHWC uint8 -> NCHW view: its memory is already channels_last, so no copy is made for that layout.
         x = x.permute(0, 3, 1, 2).float()
         x = resize_frames(x, self.config.input_size or self.input_size, self.resize_mode)
         x = self.normalise(x)
         fmt = torch.channels_last if self.config.channels_last else torch.contiguous_format
         return x.contiguous(memory_format=fmt)
+
+    @property
+    def batch_frames(self) -> int:
+        """Frames per forward pass: the fixed batch shape."""
+        return max(1, int(self.config.batch_size))
+
+    def forward_uploaded(self, x: torch.Tensor) -> torch.Tensor:
+        """(n, H, W, 3) uint8 frames on `self.device` -> (n, dim) float32 embeddings on the device.
+
+        Runs in forward passes of exactly `batch_frames` frames (the last one padded with black frames), so each
+        frame's output is the same whatever else shares its batch. Asynchronous on a GPU: the caller synchronises.
+        """
+        self.load()
+        n, bs = int(x.shape[0]), self.batch_frames
+        with torch.inference_mode(), autocast_context(self.config.autocast, self.device):
+            out = torch.empty((n, self.dim), dtype=torch.float32, device=x.device)
+            for start in range(0, n, bs):
+                chunk = x[start:start + bs]
+                k = int(chunk.shape[0])
+                if k < bs:
+                    chunk = torch.cat([chunk, chunk.new_zeros((bs - k,) + tuple(chunk.shape[1:]))])
+                out[start:start + k] = self._net(self._prepare(chunk))[:k].float()
+        self.frames_computed += n
+        return out
+
+    def upload(self, frames: np.ndarray) -> torch.Tensor:
+        """Host uint8 frames -> the device (through pinned memory on a GPU, so the copy is asynchronous)."""
+        x = torch.from_numpy(np.ascontiguousarray(frames))
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        return x
 
     def embed(self, frames: np.ndarray) -> np.ndarray:
         frames = check_frames(frames)
@@ -260,13 +309,7 @@ class TorchImageExtractor(FrameExtractor):
             work = frames[keep]
         else:
             inverse, work = None, frames
-        out = np.empty((len(work), self.dim), dtype=np.float32)
-        bs = max(1, int(self.config.batch_size))
-        with torch.inference_mode(), autocast_context(self.config.autocast, self.device):
-            for start in range(0, len(work), bs):
-                y = self._net(self._prepare(work[start:start + bs]))
-                out[start:start + bs] = y.float().cpu().numpy()
-        self.frames_computed += len(work)
+        out = self.forward_uploaded(self.upload(work)).cpu().numpy()
         return out if inverse is None else out[inverse]
 
 

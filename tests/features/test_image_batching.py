@@ -49,20 +49,50 @@ def test_dedup_batching_and_fusion_do_not_change_values(weights_home):
     assert_close(out_dedup, out_plain)
     np.testing.assert_array_equal(out_dedup[3], out_dedup[1])
     assert np.isfinite(out_dedup[4]).all()  # a black frame still gives an embedding
-    assert plain.provenance() == dedup.provenance()  # layout, batching and dedup are not part of the identity
+    # layout, batch size and batch-norm folding are not part of the identity; deduplication is recorded (#13)
+    a, b = plain.provenance(), dedup.provenance()
+    assert a["config"].pop("dedup_identical_frames") is False and b["config"].pop("dedup_identical_frames") is True
+    assert a == b
 
 
 def test_frames_of_other_sizes_are_resized(weights_home):
-    rng = np.random.default_rng(2)
-    small = rng.integers(0, 256, (2, 120, 160, 3), dtype=np.uint8)
-    for name in ("openl3", "tce"):
-        out = build_extractor(name, allow_random_weights=True).embed(small)
-        assert out.shape == (2, build_extractor(name).dim) and np.isfinite(out).all()
-    x = torch.from_numpy(small).permute(0, 3, 1, 2).float()
-    assert resize_frames(x, 224, "stretch").shape == (2, 3, 224, 224)
-    assert resize_frames(x, 224, "center_crop").shape == (2, 3, 224, 224)
+    """Values, not only shapes: `stretch` keeps the whole frame, `center_crop` keeps its centre (openl3's rule)."""
+    h, w = 120, 160
+    halves = np.zeros((1, h, w, 3), np.uint8)
+    halves[..., : w // 2, :] = (200, 30, 30)  # left half red
+    halves[..., w // 2:, :] = (30, 30, 200)  # right half blue
+    x = torch.from_numpy(halves).permute(0, 3, 1, 2).float()
+    out = resize_frames(x, 224, "stretch")
+    assert out.shape == (1, 3, 224, 224)
+    # away from the seam (antialiasing blurs a few pixels) each half keeps its colour over the full height
+    np.testing.assert_allclose(out[0, :, :, :100].permute(1, 2, 0).numpy(), np.broadcast_to([200, 30, 30], (224, 100, 3)),
+                               atol=1e-3)
+    np.testing.assert_allclose(out[0, :, :, 124:].permute(1, 2, 0).numpy(), np.broadcast_to([30, 30, 200], (224, 100, 3)),
+                               atol=1e-3)
+
+    # centre crop: shorter side 120 -> 256 (x 2.133), width 341, central 224 x 224. A 24 px green frame around a
+    # grey centre becomes ~51 px, inside the 16 px (top/bottom) and 58 px (left/right) that the crop drops... except
+    # top and bottom: make only the left and right borders green, and the top and bottom 6 rows (-> ~13 px) yellow.
+    framed = np.full((1, h, w, 3), 128, np.uint8)
+    framed[:, :, :24] = framed[:, :, -24:] = (20, 220, 20)
+    framed[:, :6] = framed[:, -6:] = (230, 230, 20)
+    crop = resize_frames(torch.from_numpy(framed).permute(0, 3, 1, 2).float(), 224, "center_crop")
+    assert crop.shape == (1, 3, 224, 224)
+    np.testing.assert_allclose(crop.numpy(), 128.0, atol=1e-3)  # only the grey centre is left
+    stretched = resize_frames(torch.from_numpy(framed).permute(0, 3, 1, 2).float(), 224, "stretch")
+    assert stretched[0, 1, 112, 0] > 200  # stretching keeps the green border (the modes differ)
+
+    # The extractors use their own mode: OpenL3 (center crop) sees exactly the grey 224 px frame; TCE (stretch)
+    # sees the borders.
+    grey = np.full((1, 224, 224, 3), 128, np.uint8)
+    for name, same in (("openl3", True), ("tce", False)):
+        ex = build_extractor(name, allow_random_weights=True, batch_size=1)
+        got, want = ex.embed(framed), ex.embed(grey)
+        assert got.shape == (1, ex.dim) and np.isfinite(got).all()
+        assert np.allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max()) == same, name
     x224 = torch.rand(1, 3, 224, 224)
     assert resize_frames(x224, 224, "center_crop") is x224  # pipeline frames pass unchanged
+    assert resize_frames(x224, 224, "stretch") is x224
 
 
 def test_empty_and_bad_frames(weights_home):

@@ -110,7 +110,7 @@ def test_8192_embedding_and_full_model_layout(tmp_path, frames, weights_home):
     weights = keras_weights(seed=1)
     # model.save layout, found by name in $AVSED_WEIGHTS_DIR
     write_keras_h5(weights_home / "openl3_image_linear_music.h5", weights, full_model=True)
-    ex = build_extractor("openl3", content_type="music", input_repr="linear", embedding_size=8192)
+    ex = build_extractor("openl3", content_type="music", input_repr="linear", embedding_size=8192, batch_size=1)
     assert ex.dim == 8192
     out = ex.embed(frames[:1])
     assert out.shape == (1, 8192)
@@ -127,9 +127,9 @@ def test_missing_file_names_file_and_places(weights_home):
 
 
 def test_random_weights_are_seeded(weights_home, frames):
-    a = build_extractor("openl3", allow_random_weights=True, seed=3).embed(frames[:2])
-    b = build_extractor("openl3", allow_random_weights=True, seed=3).embed(frames[:2])
-    c = build_extractor("openl3", allow_random_weights=True, seed=4).embed(frames[:2])
+    a = build_extractor("openl3", allow_random_weights=True, seed=3, batch_size=2).embed(frames[:2])
+    b = build_extractor("openl3", allow_random_weights=True, seed=3, batch_size=2).embed(frames[:2])
+    c = build_extractor("openl3", allow_random_weights=True, seed=4, batch_size=2).embed(frames[:2])
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c)
     ex = build_extractor("openl3", allow_random_weights=True, seed=3)

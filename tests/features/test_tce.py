@@ -97,7 +97,7 @@ def test_bare_state_dict_found_by_default_name(weights_home, trunk, frames):
     # A state dict without wrapper or prefixes, put where the extractor looks by default.
     torch.save({k: v for k, v in trunk.items() if not k.endswith("num_batches_tracked")},
                weights_home / "tce_resnet50_kinetics400.pth")
-    ex = build_extractor("tce", channels_last=False, dedup_identical_frames=False)
+    ex = build_extractor("tce", channels_last=False, dedup_identical_frames=False, batch_size=1)
     assert ex.weights_file().name == "tce_resnet50_kinetics400.pth"
     assert_close(ex.embed(frames[:1]), resnet50_pooled_reference(frames[:1], trunk))
 
