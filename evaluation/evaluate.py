@@ -33,6 +33,8 @@ class EvaluationConfig:
     grid: TuningGrid = field(default_factory=TuningGrid)
     event: EventF1Config = field(default_factory=EventF1Config)
     segment_seconds: float = 1.0
+    # which segments count for SBF1: "desed_task" (DESED_task's call of sed_eval) or "duration" (segment_f1.py)
+    segment_evaluated_length: str = "desed_task"
     scenarios: tuple[PSDSScenario, ...] = (PSDS1, PSDS2)
     operating_points: tuple[float, ...] = OPERATING_POINTS
     psds_median_filter: int = 1
@@ -111,7 +113,7 @@ def tune(validation: Predictions, config: EvaluationConfig = EvaluationConfig())
     """Class-wise post-processing settings for CBF1, SBF1 and EBF1, chosen on the validation predictions."""
     probs = validation.masked_frame_probs()
     seg_ref = segment_reference(validation.events, validation.durations, validation.classes, validation.timing,
-                                config.segment_seconds)
+                                config.segment_seconds, config.segment_evaluated_length)
     ev_ref = event_reference(validation.events, validation.classes, config.event)
     counts = sed_candidate_counts(probs, seg_ref, ev_ref, validation.timing, config.grid, config.event)
     sed = tune_sed(counts)
@@ -124,7 +126,8 @@ def score(predictions: Predictions, tuning: Tuning, config: EvaluationConfig = E
     p, classes = predictions, predictions.classes
     probs = p.masked_frame_probs()
     clip = clip_counts(p.clip_probs, p.weak_targets(), tuning.cbf1.thresholds)
-    seg_ref = segment_reference(p.events, p.durations, classes, p.timing, config.segment_seconds)
+    seg_ref = segment_reference(p.events, p.durations, classes, p.timing, config.segment_seconds,
+                                config.segment_evaluated_length)
     seg = segment_counts(postprocess(probs, tuning.sbf1.thresholds, tuning.sbf1.filter_sizes), seg_ref)
     ev_ref = event_reference(p.events, classes, config.event)
     ev = event_counts(postprocess(probs, tuning.ebf1.thresholds, tuning.ebf1.filter_sizes), ev_ref, p.timing, config.event)

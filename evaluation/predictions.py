@@ -2,10 +2,13 @@
 
 `Predictions` is the hand-over from the training stage to evaluation: frame and clip probabilities
 per clip, the strong ground truth, clip durations and whether the clip's video was available.
+Overlapping ground-truth events of the same class are merged into one, with a warning that names the clips
+and events: psds_eval and sed_scores_eval refuse such annotations, and the frame targets already see their union.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +19,40 @@ from pipeline.labels import ClipTiming, Event, LabelEncoder
 
 class PredictionsError(ValueError):
     """Inconsistent prediction arrays or ground truth (the message names the clip)."""
+
+
+class OverlappingEventsWarning(UserWarning):
+    """Ground-truth events of one class overlapped in a clip and were merged (the message names them)."""
+
+
+def merge_overlapping(events: list[Event]) -> tuple[list[Event], list[tuple[list[Event], Event]]]:
+    """Merge same-class events that overlap (strictly, as psds_eval's test: touching events stay apart).
+
+    Returns the events (order kept, a merged group in place of its first member) and the merges made,
+    each as (original events, merged event).
+    """
+    by_label: dict[str, list[int]] = {}
+    for k, ev in enumerate(events):
+        by_label.setdefault(ev.label, []).append(k)
+    replace: dict[int, Event] = {}
+    drop: set[int] = set()
+    merges = []
+    for label, idx in by_label.items():
+        idx = sorted(idx, key=lambda k: (events[k].onset, events[k].offset))
+        group = [idx[0]]
+        for k in idx[1:] + [None]:
+            end = max(events[g].offset for g in group)
+            if k is not None and events[k].onset < end:
+                group.append(k)
+                continue
+            if len(group) > 1:
+                merged = Event(min(events[g].onset for g in group), end, label)
+                replace[min(group)] = merged
+                drop.update(g for g in group if g != min(group))
+                merges.append(([events[g] for g in group], merged))
+            if k is not None:
+                group = [k]
+    return [replace.get(k, ev) for k, ev in enumerate(events) if k not in drop], merges
 
 
 @dataclass
@@ -64,11 +101,26 @@ class Predictions:
                 class_index(ev.label, self.classes)  # raises UnknownClassError naming the label
                 if not ev.offset >= ev.onset:
                     raise PredictionsError(f"clip {clip_id}: event {ev} has offset before onset")
+        self._merge_overlapping_events()
         for name in ("frame_probs", "clip_probs"):
             arr = getattr(self, name)
             if not np.all(np.isfinite(arr)):
                 bad = self.clip_ids[~np.isfinite(arr).reshape(n, -1).all(axis=1)][0]
                 raise PredictionsError(f"clip {bad}: {name} holds NaN or inf")
+
+    def _merge_overlapping_events(self) -> None:
+        notes = []
+        for i, evs in enumerate(self.events):
+            merged, merges = merge_overlapping(evs)
+            if merges:
+                self.events[i] = merged
+                notes += [f"clip {self.clip_ids[i]}: " + " + ".join(_fmt(e) for e in group) + f" -> {_fmt(into)}"
+                          for group, into in merges]
+        if notes:
+            shown = "; ".join(notes[:5]) + (f"; and {len(notes) - 5} more" if len(notes) > 5 else "")
+            warnings.warn(f"{len(notes)} groups of overlapping ground-truth events of the same class were merged into "
+                          f"one event each (psds_eval refuses them; fix the metadata to silence this): {shown}",
+                          OverlappingEventsWarning, stacklevel=3)
 
     @property
     def n_clips(self) -> int:
@@ -101,3 +153,7 @@ class Predictions:
             events=[self.events[i] for i in idx], durations=self.durations[idx],
             video_available=self.video_available[idx], classes=self.classes, timing=self.timing,
         )
+
+
+def _fmt(ev: Event) -> str:
+    return f"{ev.label} {ev.onset:g}-{ev.offset:g} s"

@@ -1,4 +1,6 @@
-"""Our vectorised metrics against sed_eval, psds_eval and sed_scores_eval on the same detections."""
+"""Our vectorised metrics against sed_eval (called as DESED_task calls it), psds_eval and sed_scores_eval."""
+
+import dataclasses
 
 import numpy as np
 import pytest
@@ -6,12 +8,15 @@ import sed_eval
 
 from evaluation.clip_f1 import clip_counts
 from evaluation.counts import f1_from_counts, macro_f1, micro_f1
+from evaluation.evaluate import EvaluationConfig, score, tune
 from evaluation.event_f1 import event_counts, event_reference
 from evaluation.postprocess import postprocess
 from evaluation.psds import OPERATING_POINTS, PSDS1, PSDS2, psds_scores, psds_threshold_independent
 from evaluation.segment_f1 import segment_counts, segment_reference
 from evaluation.synthetic import synthetic_predictions
-from tests.evaluation.field_libraries import psds_eval_values, sed_eval_f1
+from pipeline.labels import Event
+from tests.evaluation.field_libraries import (class_counts, psds_eval_values, sed_eval_f1,
+                                              sed_eval_segment_duration_bounded)
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +37,54 @@ def test_segment_and_event_f1_equal_sed_eval(preds, setting):
     assert macro_f1(*ev.T) == pytest.approx(ev_ref.results_class_wise_average_metrics()["f_measure"]["f_measure"], abs=1e-12)
     for c, label in enumerate(preds.classes):
         for ours, lib in ((seg, seg_ref), (ev, ev_ref)):
-            cw = lib.class_wise[label]
-            assert ours[c].tolist() == [cw["Ntp"], cw["Nfp"], cw["Nfn"]]
+            assert ours[c].tolist() == class_counts(lib, label)
+
+
+def _past_the_end():
+    """Short clips (4-9.9 s) whose last reference event runs 1.3 s past the clip's end, and detections on every
+    output frame up to 10 s (unmasked), so both reference and system events run past the end of the clip."""
+    preds = synthetic_predictions(30, seed=7, short_fraction=0.6)
+    events = []
+    for evs in preds.events:
+        last = max(range(len(evs)), key=lambda k: evs[k].offset, default=None)
+        events.append([Event(e.onset, e.offset + 1.3, e.label) if k == last else e for k, e in enumerate(evs)])
+    preds = dataclasses.replace(preds, events=events)
+    assert any(e.offset > d for evs, d in zip(preds.events, preds.durations) for e in evs)
+    binary = postprocess(preds.frame_probs, np.full(10, 0.5), np.full(10, 3))
+    assert any(binary[i, preds.timing.valid_output_frames(d):].any() for i, d in enumerate(preds.durations))
+    return preds, binary
+
+
+def test_segment_f1_equals_desed_task_call_with_events_past_the_clip_end():
+    """DESED_task calls sed_eval's SegmentBasedMetrics without evaluated_length_seconds: segments up to the last
+    event offset count. Ours (the default convention) gives the same counts; the duration-bounded option gives
+    sed_eval's counts with evaluated_length_seconds = duration, and here the two conventions differ."""
+    preds, binary = _past_the_end()
+    desed = segment_counts(binary, segment_reference(preds.events, preds.durations, preds.classes, preds.timing))
+    bounded = segment_counts(binary, segment_reference(preds.events, preds.durations, preds.classes, preds.timing,
+                                                       evaluated_length="duration"))
+    lib_desed, _ = sed_eval_f1(preds, binary)
+    lib_bounded = sed_eval_segment_duration_bounded(preds, binary)
+    for ours, lib in ((desed, lib_desed), (bounded, lib_bounded)):
+        assert micro_f1(*ours.T) == pytest.approx(lib.results_overall_metrics()["f_measure"]["f_measure"], abs=1e-12)
+        for c, label in enumerate(preds.classes):
+            assert ours[c].tolist() == class_counts(lib, label)
+    assert micro_f1(*desed.T) != pytest.approx(micro_f1(*bounded.T), abs=1e-4)
+
+
+def test_scored_sbf1_follows_the_configured_convention():
+    """Through tune + score (masked frames: a detection may still end up to one frame past a short clip's end)."""
+    preds, _ = _past_the_end()
+    for convention, reference in (("desed_task", sed_eval_f1), ("duration", sed_eval_segment_duration_bounded)):
+        config = EvaluationConfig(segment_evaluated_length=convention)
+        tuning = tune(preds, config)
+        binary = postprocess(preds.masked_frame_probs(), tuning.sbf1.thresholds, tuning.sbf1.filter_sizes)
+        lib = reference(preds, binary)
+        lib = lib[0] if isinstance(lib, tuple) else lib
+        assert score(preds, tuning, config).metrics["sbf1"] == pytest.approx(
+            lib.results_overall_metrics()["f_measure"]["f_measure"], abs=1e-12)
+    with pytest.raises(ValueError, match="unknown"):
+        score(preds, tuning, EvaluationConfig(segment_evaluated_length="clip"))
 
 
 def test_clip_f1_equals_sed_eval_audio_tagging(preds):

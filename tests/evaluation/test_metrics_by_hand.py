@@ -1,16 +1,19 @@
 """Metric values worked out by hand on tiny clips."""
 
+import warnings
+
 import numpy as np
 import pytest
 
 from evaluation.clip_f1 import clip_counts
 from evaluation.counts import macro_f1, micro_f1
 from evaluation.event_f1 import event_counts, event_reference
-from evaluation.predictions import Predictions
-from evaluation.psds import PSDS1, psds_scores
+from evaluation.predictions import OverlappingEventsWarning, Predictions
+from evaluation.psds import OPERATING_POINTS, PSDS1, psds_scores
 from evaluation.segment_f1 import segment_counts, segment_reference
 from pipeline.classes import DESED_CLASSES
 from pipeline.labels import ClipTiming, Event
+from tests.evaluation.field_libraries import psds_eval_values
 
 T = ClipTiming()
 DOG, CAT = DESED_CLASSES.index("Dog"), DESED_CLASSES.index("Cat")
@@ -54,11 +57,17 @@ def test_segment_based_f1_by_hand():
     assert micro_f1(*counts.T) == pytest.approx(4 / 7)
 
 
-def test_segment_evaluated_length_is_clip_duration():
+def test_segment_evaluated_length_conventions():
     binary = np.zeros((1, 64, 10), dtype=bool)
-    binary[0, 40:64, DOG] = True  # 6.26 .. 10 s, clip only 7.2 s long -> segments 6, 7 count (ceil 7.2 = 8)
-    counts = segment_counts(binary, segment_reference([[]], np.array([7.2]), DESED_CLASSES, T))
-    assert counts[DOG].tolist() == [0, 2, 0]
+    binary[0, 40:64, DOG] = True  # 6.26 .. 10 s in a clip only 7.2 s long
+    events = [[Event(6.5, 8.4, "Cat")]]  # the reference also runs past the end
+    # DESED_task (default): every segment up to the last offset, 6..9 for Dog and 6..8 for Cat
+    counts = segment_counts(binary, segment_reference(events, np.array([7.2]), DESED_CLASSES, T))
+    assert counts[DOG].tolist() == [0, 4, 0] and counts[CAT].tolist() == [0, 0, 3]
+    # duration-bounded: only segments 6, 7 (ceil 7.2 = 8 segments)
+    counts = segment_counts(binary, segment_reference(events, np.array([7.2]), DESED_CLASSES, T,
+                                                      evaluated_length="duration"))
+    assert counts[DOG].tolist() == [0, 2, 0] and counts[CAT].tolist() == [0, 0, 2]
 
 
 def test_clip_based_f1_by_hand():
@@ -93,3 +102,26 @@ def test_predictions_reject_bad_input():
         Predictions(["a"], np.zeros((1, 10, 10)), np.zeros((1, 10)), [[]], [10.0], [True])
     with pytest.raises(ValueError, match="clip b"):
         Predictions(["b"], np.zeros((1, 64, 10)), np.zeros((1, 10)), [[Event(2.0, 1.0, "Dog")]], [10.0], [True])
+
+
+def test_overlapping_same_class_events_are_merged_with_a_warning():
+    """psds_eval refuses overlapping same-class ground truth; we merge each group into one event and say which."""
+    events = [[Event(1.0, 3.0, "Dog"), Event(2.0, 2.5, "Cat"), Event(2.0, 4.0, "Dog"), Event(4.0, 5.0, "Dog")],
+              [Event(0.5, 1.0, "Cat"), Event(0.5, 1.0, "Cat")], [Event(1.0, 2.0, "Cat")]]
+    classes = ("Cat", "Dog")  # psds_eval needs ground truth for every class it is given
+    probs = np.zeros((3, 64, 2), dtype=np.float32)
+    probs[0, 6:26, 1] = 0.8
+    probs[1, 3:7, 0] = 0.6
+    with pytest.warns(OverlappingEventsWarning, match=r"2 groups .*clip a: Dog 1-3 s \+ Dog 2-4 s -> Dog 1-4 s; "
+                                                      r"clip b: Cat 0.5-1 s \+ Cat 0.5-1 s -> Cat 0.5-1 s"):
+        p = Predictions(["a", "b", "c"], probs, np.zeros((3, 2)), events, [10.0] * 3, [True] * 3, classes)
+    # touching events (4.0) stay apart, as psds_eval counts them; other classes and clips are untouched
+    assert p.events == [[Event(1.0, 4.0, "Dog"), Event(2.0, 2.5, "Cat"), Event(4.0, 5.0, "Dog")],
+                        [Event(0.5, 1.0, "Cat")], [Event(1.0, 2.0, "Cat")]]
+    # psds_eval accepts the merged ground truth and agrees with ours
+    ref = psds_eval_values(p, p.masked_frame_probs(), (PSDS1,), OPERATING_POINTS[::5])
+    ours = psds_scores(p.masked_frame_probs(), p.events, p.durations, p.classes, T, (PSDS1,), OPERATING_POINTS[::5])
+    assert ref["psds1"] > 0 and ours["psds1"].value == pytest.approx(ref["psds1"], abs=1e-9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Predictions(["c"], probs[:1], np.zeros((1, 2)), [events[2]], [10.0], [True], classes)  # nothing to merge: silent
