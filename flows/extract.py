@@ -13,6 +13,8 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from pipeline.store import StoreLock
+
 from pipeline.extract import (ExtractConfig, ExtractionReport, VideoJob, cleanup_videos, decode_videos,
                               download_videos, embed_frames, extract_audio_features, finish_extraction,
                               plan_extraction, probe_cached_videos, write_embeddings, _count_downloads)
@@ -83,6 +85,11 @@ def extract_features(config: dict[str, Any] | None = None, config_file: str | No
 
 
 def _run(cfg: ExtractConfig) -> dict[str, Any]:
+    with StoreLock(cfg.store, purpose="extract-features flow"):  # one writer per store for the whole run
+        return _run_locked(cfg)
+
+
+def _run_locked(cfg: ExtractConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     plan = plan_task(cfg)
     report = ExtractionReport(clips=plan.n_clips, new_clips=plan.new_clips, manifest_problems=plan.manifest_problems)

@@ -31,7 +31,7 @@ from pipeline.ledger import Ledger
 from pipeline.labels import ClipTiming
 from pipeline.manifest import YouTubeSegment, read_manifest
 from pipeline.stats import update_feature_stats
-from pipeline.store import FeatureStore
+from pipeline.store import FeatureStore, StoreLock
 
 
 @dataclass(frozen=True)
@@ -401,9 +401,13 @@ def probe_cached_videos(config: ExtractConfig, jobs: list[VideoJob], progress: b
 def finish_extraction(config: ExtractConfig) -> dict[str, Any]:
     """Per-bin statistics of every feature over the training partitions' real frames (dask over the store):
     training standardises log-mel (paper 3.1.2) and, by default, the visual embeddings with them."""
-    if not config.compute_stats:
-        return {}
-    store = FeatureStore.open(config.store, mode="r+")
+    with StoreLock(config.store, purpose="extract"), FeatureStore.create_or_open(config.store) as store:
+        out = _update_stats(config, store) if config.compute_stats else {}
+        store.consolidate()  # last write of a run: xarray.open_zarr(path) then sees the whole store
+        return out
+
+
+def _update_stats(config: ExtractConfig, store: FeatureStore) -> dict[str, Any]:
     out = {}
     for feature in config.features:
         if feature in store.feature_names() and store.present(feature).any():
@@ -418,6 +422,11 @@ def finish_extraction(config: ExtractConfig) -> dict[str, Any]:
 
 def run_extraction(config: ExtractConfig, progress: bool = True, timing: ClipTiming = ClipTiming()) -> ExtractionReport:
     """The whole extraction in this process (the flow runs the same stages as Prefect tasks)."""
+    with StoreLock(config.store, purpose="extract"):  # one writer per store for the whole run
+        return _run_extraction(config, progress, timing)
+
+
+def _run_extraction(config: ExtractConfig, progress: bool, timing: ClipTiming) -> ExtractionReport:
     t0 = time.perf_counter()
     plan = plan_extraction(config, timing)
     report = ExtractionReport(clips=plan.n_clips, new_clips=plan.new_clips,

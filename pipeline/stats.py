@@ -1,41 +1,65 @@
-"""Per-bin mean / std of a feature over the training partitions, computed with dask over the store.
+"""Per-bin mean / std of a feature over the training partitions, kept up to date incrementally.
 
 Only real frames count (the feature's frame mask); raw features stay unnormalised in the store and the
 training stage standardises with these statistics (paper 3.1.2: "per frequency bin standardization ...
 based on the statistics of the training data"; the visual embeddings per dimension likewise, by default).
+
+The store keeps the running sums (sum and sum of squares, float64) and which rows they include, so a rerun adds
+only the rows that became present since (rows only ever go from absent to present), and does nothing when no
+row changed: at DESED size a full pass reads several GB. A row leaving the training set (its partition was
+corrected in the metadata) or incomplete statistics (a killed run) make it recompute everything. Per-shard
+partial sums are computed in parallel with dask and combined in shard order, so the result does not depend on
+scheduling.
 """
 
 from __future__ import annotations
 
-import dask.array as da
+import dask
 import numpy as np
 
 from pipeline.manifest import TRAINING_PARTITIONS
 from pipeline.store import FeatureStore
 
 
-def compute_feature_stats(store: FeatureStore, feature: str,
-                          partitions: tuple[str, ...] = TRAINING_PARTITIONS) -> tuple[np.ndarray, np.ndarray, int]:
-    """(mean, std, n_frames) over present rows of `partitions`, masked frames excluded."""
-    rows = np.flatnonzero(np.isin(store.partitions(), partitions) & store.present(feature))
-    if rows.size == 0:
-        raise ValueError(f"{store.path}: no {feature!r} rows present in partitions {partitions}")
-    data = da.from_zarr(store.group[feature])[rows]  # (r, T, D), one dask chunk per clip
-    mask = da.from_zarr(store.group[f"{feature}_mask"])[rows][..., None]
-    x = da.where(mask, data.astype(np.float64), 0.0)
-    n = mask.sum()
-    s1 = x.sum(axis=(0, 1))
-    s2 = (x * x).sum(axis=(0, 1))
-    n, s1, s2 = da.compute(n, s1, s2)
-    mean = s1 / n
-    var = np.maximum(s2 / n - mean * mean, 0.0)
-    return mean.astype(np.float32), np.sqrt(var).astype(np.float32), int(n)
+def _shard_sums(store: FeatureStore, feature: str, rows: np.ndarray) -> np.ndarray:
+    """[sum, sum of squares, frames] over the real frames of `rows` (all in one shard), float64."""
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    data = np.asarray(store.group[feature][lo:hi])[rows - lo].astype(np.float64)
+    mask = np.asarray(store.group[f"{feature}_mask"][lo:hi])[rows - lo]
+    x = data[mask]  # (frames, dim)
+    return np.stack([x.sum(axis=0), (x * x).sum(axis=0), np.full(x.shape[1], float(len(x)))])
+
+
+def sums_over(store: FeatureStore, feature: str, rows: np.ndarray) -> tuple[np.ndarray, int]:
+    """(running sums (2, dim), frames) over the real frames of `rows`."""
+    dim = store.group[feature].shape[2]
+    rows = np.sort(np.asarray(rows, dtype=np.int64))
+    shards = rows // store.clips_per_shard
+    parts = [dask.delayed(_shard_sums)(store, feature, rows[shards == s]) for s in np.unique(shards)]
+    total = np.zeros((3, dim))
+    for part in dask.compute(*parts, scheduler="threads"):
+        total += part
+    return total[:2], int(total[2, 0]) if len(parts) else 0
 
 
 def update_feature_stats(store: FeatureStore, feature: str = "logmel",
                          partitions: tuple[str, ...] = TRAINING_PARTITIONS) -> dict:
-    mean, std, n = compute_feature_stats(store, feature, partitions)
-    attrs = {"partitions": list(partitions), "frames": n,
-             "rows": int((np.isin(store.partitions(), partitions) & store.present(feature)).sum())}
-    store.write_stats(feature, mean, std, attrs)
-    return attrs
+    """Bring `feature`'s statistics up to date; returns their attributes plus `updated`: "none" (nothing changed),
+    "incremental" (new rows added to the sums) or "full" (recomputed). Raises ValueError if no row qualifies."""
+    want = np.isin(store.partitions(), partitions) & store.present(feature)
+    if not want.any():
+        raise ValueError(f"{store.path}: no {feature!r} rows present in partitions {list(partitions)}")
+    attrs = {"partitions": list(partitions), "rows": int(want.sum())}
+    state = store.stats_state(feature)
+    if state is not None and store.group[f"{feature}_mean"].attrs.get("partitions") == list(partitions):
+        sums, have, frames = state
+        if np.array_equal(have, want):
+            return {**attrs, "frames": int(frames), "updated": "none"}
+        if not (have & ~want).any():  # only additions
+            delta, delta_frames = sums_over(store, feature, np.flatnonzero(want & ~have))
+            store.write_stats(feature, sums + delta, want, int(frames) + delta_frames, attrs)
+            return {**attrs, "frames": int(frames) + delta_frames, "updated": "incremental"}
+    sums, frames = sums_over(store, feature, np.flatnonzero(want))
+    store.write_stats(feature, sums, want, frames, attrs)
+    return {**attrs, "frames": frames, "updated": "full"}
+

@@ -1,103 +1,348 @@
-"""The Zarr store: the interface between extraction and training.
+"""The Zarr store: the interface between extraction and training (format 2: sharded, self-describing, crash-safe).
 
-Layout (zarr v3, one flat group, every array with `dimension_names` so `xarray.open_zarr` works):
+Layout (zarr v3, one flat group; every array has `dimension_names`, so `xarray.open_zarr(path)` opens it and
+`ds.sel(clip=<clip id>)` works):
 
-    clip_id, partition, supervision, youtube_id   (clip,)            str
+    clip                                          (clip,)            str   the DESED filename: the clip coordinate
+    class                                         (class,)           str   class names: the class coordinate
+    partition, supervision, youtube_id            (clip,)            str
     duration                                      (clip,)            float32, seconds of audio (NaN until read)
     weak_labels                                   (clip, class)      uint8, clip-level targets (strong clips: from events)
     event_clip, event_onset, event_offset, event_class  (event,)     strong annotations, rows of `clip`
-    <feature>                                     (clip, <feature>_frame, <feature>_dim)  e.g. logmel (n, 512, 64)
-    <feature>_mask                                (clip, <feature>_frame)  bool: frame holds real data
-    logmel_mean, logmel_std                       (logmel_dim,)      per-bin statistics of the training partitions
+    <f>                                           (clip, <f>_frame, <f>_dim)  a feature, e.g. logmel (n, 512, 64)
+    <f>_mask                                      (clip, <f>_frame)  bool: frame holds real data
+    <f>_frame                                     (<f>_frame,)       float32 frame centre times (s): a coordinate
+    <f>_mean, <f>_std                             (<f>_dim,)         statistics of the training partitions' real frames
+    <f>_stats_sums                                (stat, <f>_dim)    float64 running sum and sum of squares behind them
+    <f>_in_stats                                  (clip,)            bool: rows the statistics include
 
-Root attributes: `format_version`, `classes`, `timing`. Each feature array's attributes: `provenance`
-(extractor, version, config, weights checksum or "random").
+Root attributes: `format_version`, `classes`, `timing`, `clips_per_shard`, and the committed counts `n_clips`,
+`n_events` with a `generation` counter. Each feature array carries its `provenance` (extractor, version, config,
+weights checksum or "random", dtype) from the moment it is created.
 
-Rules that make crashes and reruns safe:
-- Feature and mask arrays are chunked one clip per chunk, so parallel writers never share a chunk.
-- A row's mask is written only after its data; a row counts as present only if its mask has a True.
-- Growing appends rows; existing rows are never rewritten.
+Files. A feature and its mask are chunked one clip per chunk inside shards of `clips_per_shard` clips (one
+file per shard: about 1,500 files for all of DESED with four features), and `duration` is chunked by shard
+too. **Invariant: no two writers ever write the same shard at the same time.** Writing part of a shard
+rewrites the shard file (read, merge, write), so two writers of one shard would lose each other's rows.
+Extraction therefore writes a shard from exactly one place (one writer thread per process; work split
+by shard between processes). Every file write is atomic (zarr's LocalStore writes a temporary file and
+renames it), so a crash leaves either the old file or the new one.
+
+Growth protocol (why a kill after any write, or a second run, can neither lose labels nor leave ghost rows):
+1. One writer per store: `StoreLock` (`<store>.lock`, an OS lock released by the kernel when its holder dies,
+   with the holder's host, pid and purpose for the message a second run gets). Readers never take it.
+2. A new store is built in a temporary directory beside the target and renamed into place, so a store
+   either exists completely (all columns, attributes, counts) or not at all.
+3. A change of the clip axis or of the labels (`sync_clips`: new clips appended, corrected labels, events
+   or partitions of known clips) is first written as a journal, `<store>.journal.json` (atomic), holding
+   everything the change writes. Then it is applied (arrays grown, columns, labels and the whole event table
+   written), then the new counts are published in the root attributes (one atomic write: the commit), then
+   the journal is removed. Rows beyond `n_clips` are never read. A writer that opens a store with a journal
+   replays it first (replaying is idempotent), so an interrupted change is always finished, never half-seen.
+   Readers that find a journal, or whose generation changed while they read the labels, retry and then
+   refuse with `StoreBusyError`.
+4. A feature's data array is created with its provenance in the same write, then its mask array; a feature
+   whose mask array is missing has no rows. A row's mask is written only after its data (each as one
+   atomic shard write), and a row counts as present only if its mask has a True. Features are never
+   rewritten with other values: rows only go from absent to present.
+5. Statistics are marked incomplete before they change and complete (with their counts) last; incomplete
+   statistics read as absent and are recomputed.
+6. The consolidated metadata (for `xarray.open_zarr`) is refreshed at the end of a run; our own reads never
+   use it, so a stale copy after a killed run cannot mislead the pipeline.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import zarr
+from zarr.storage import LocalStore
 
 from pipeline.classes import DESED_CLASSES
+from pipeline.errors import AvsedError
 from pipeline.labels import ClipTiming, Event
 from pipeline.manifest import Clip
 
-FORMAT_VERSION = 1
-_CLIP_CHUNK = 4096
-_CLIP_COLUMNS = ("clip_id", "partition", "supervision", "youtube_id")
+FORMAT_VERSION = 2
+DEFAULT_CLIPS_PER_SHARD = 128
+LOCK_SUFFIX = ".lock"
+JOURNAL_SUFFIX = ".journal.json"
+_COLUMN_CHUNK = 4096  # label columns: written only by the lock holder, so their chunks may span shards
+_EVENT_CHUNK = 1 << 16
+_FLAG_CHUNK = 1 << 16
+_LABEL_COLUMNS = ("clip", "partition", "supervision", "youtube_id")
 _EVENT_COLUMNS = {"event_clip": "int32", "event_onset": "float32", "event_offset": "float32", "event_class": "int16"}
+_READ_RETRIES = 5
 
 
-class StoreError(RuntimeError):
+class StoreError(AvsedError, RuntimeError):
     pass
 
 
 class ProvenanceMismatch(StoreError):
-    """The store already holds a feature made by a different extractor version, config or weights."""
+    """The store already holds a feature made with another extractor version, config or weights."""
 
 
-def _str_array(group: zarr.Group, name: str, values: list[str], dims: tuple[str, ...]) -> zarr.Array:
-    arr = group.create_array(name, shape=(len(values),), chunks=(_CLIP_CHUNK,), dtype=str,
-                             dimension_names=dims, fill_value="")
-    if values:
-        arr[:] = np.asarray(values, dtype=object)
-    return arr
+class StoreLockedError(StoreError):
+    """Another run is writing this store."""
+
+
+class StoreBusyError(StoreError):
+    """A change of the store's clips or labels is in progress (or was interrupted and not yet finished)."""
+
+
+class StoreFormatError(StoreError):
+    """The store was written in another format; the message names the migration command."""
+
+
+# --- storage seams -------------------------------------------------------------------------------------------
+# Every write the store makes goes through `_zarr_store` (zarr's atomic LocalStore), `_write_json_atomic`,
+# `_remove_file` and `_rename`: the fault-injection tests replace them to stop the process after any write.
+
+def _zarr_store(path: Path, read_only: bool = False) -> LocalStore:
+    return LocalStore(str(path), read_only=read_only)
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _remove_file(path: Path) -> None:
+    Path(path).unlink(missing_ok=True)
+
+
+def _rename(src: Path, dst: Path) -> None:
+    os.rename(src, dst)
+
+
+def lock_path(store_path: str | Path) -> Path:
+    p = Path(store_path)
+    return p.parent / (p.name.rstrip("/") + LOCK_SUFFIX)
+
+
+def journal_path(store_path: str | Path) -> Path:
+    p = Path(store_path)
+    return p.parent / (p.name.rstrip("/") + JOURNAL_SUFFIX)
+
+
+# --- the writer lock ----------------------------------------------------------------------------------------
+
+class StoreLock:
+    """One writer per store: `with StoreLock(path, purpose="extract"): ...`.
+
+    An exclusive `flock` on `<store>.lock`: the kernel releases it when the holder exits or is killed, so a
+    crashed run never leaves a stale lock on a local disk. The file also names the holder (host, pid, purpose,
+    start time) for the message a second run gets. If a holder on another machine died without the network file
+    system noticing, deleting the lock file frees the store: the next run locks a new file.
+
+    Re-entrant within a process (the extraction's tasks run in threads of the run that holds it): flock belongs
+    to one open file, so a second acquisition in the same process must share the first one's.
+    """
+
+    _held: dict[str, tuple[int, int]] = {}  # resolved lock path -> (fd, depth): mirrors the OS's per-process state
+    _guard = threading.Lock()
+
+    def __init__(self, store_path: str | Path, purpose: str = "write"):
+        self.store_path = Path(store_path)
+        self.path = lock_path(store_path)
+        self.purpose = purpose
+        self._key = str(self.path.resolve())
+
+    @classmethod
+    def held(cls, store_path: str | Path) -> bool:
+        with cls._guard:
+            return str(lock_path(store_path).resolve()) in cls._held
+
+    def holder(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8") or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> "StoreLock":
+        import fcntl
+
+        with self._guard:
+            if self._key in self._held:
+                fd, depth = self._held[self._key]
+                self._held[self._key] = (fd, depth + 1)
+                return self
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                h = self.holder()
+                who = (f"{h.get('purpose', 'a run')} (pid {h.get('pid', '?')} on {h.get('host', '?')}, since "
+                       f"{h.get('since', '?')})") if h else "another run"
+                raise StoreLockedError(
+                    f"{self.store_path}: the store is being written by {who}; wait for that run to finish (readers such "
+                    f"as training and `avsed status` need no lock). If that process is gone on another machine, "
+                    f"delete {self.path}") from None
+            info = {"host": socket.gethostname(), "pid": os.getpid(), "purpose": self.purpose,
+                    "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+            self._held[self._key] = (fd, 1)
+        return self
+
+    def release(self) -> None:
+        import fcntl
+
+        with self._guard:
+            fd, depth = self._held[self._key]
+            if depth > 1:
+                self._held[self._key] = (fd, depth - 1)
+                return
+            del self._held[self._key]
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __enter__(self) -> "StoreLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+# --- changes of the clip axis and labels -------------------------------------------------------------------
+
+@dataclass
+class LabelChange:
+    clip_id: str
+    what: str  # "partition" | "weak labels" | "events"
+    before: str
+    after: str
+
+    def __str__(self) -> str:
+        return f"clip {self.clip_id}: {self.what} {self.before} -> {self.after}"
+
+
+@dataclass
+class SyncReport:
+    """What `sync_clips` found: rows of the given clips, how many were new, which labels changed."""
+
+    rows: list[int]
+    new_clips: int = 0
+    changes: list[LabelChange] = field(default_factory=list)
+    not_in_metadata: int = 0  # clips in the store that the metadata no longer lists (kept: rows are never removed)
+
+
+def _label_values(clip: Clip, classes: tuple[str, ...]) -> tuple[np.ndarray, list[tuple[float, float, int]]]:
+    weak = np.zeros(len(classes), dtype=np.uint8)
+    for label in clip.weak_labels:
+        weak[classes.index(label)] = 1
+    events = [(float(np.float32(e.onset)), float(np.float32(e.offset)), classes.index(e.label)) for e in clip.events]
+    return weak, events
+
+
+def _describe_labels(weak: np.ndarray, classes: tuple[str, ...]) -> str:
+    return ",".join(c for c, on in zip(classes, weak) if on) or "(none)"
+
+
+def _describe_events(events: list[tuple[float, float, int]], classes: tuple[str, ...]) -> str:
+    return "; ".join(f"{on:g}-{off:g} {classes[k]}" for on, off, k in events) or "(none)"
 
 
 class FeatureStore:
-    """Read/write access to one store. Cheap to open; arrays are read lazily."""
+    """Read/write access to one store. Cheap to open; arrays are read lazily.
 
-    def __init__(self, path: str | Path, group: zarr.Group):
+    Readers: `FeatureStore.open(path)`. Writers: `FeatureStore.create_or_open(...)` takes the store's lock for
+    the life of the object (`close()` or a `with` block releases it) and finishes any interrupted change. Row
+    writers that run beside the lock holder (the extraction's writer thread, Dask workers writing their own
+    shards) use `FeatureStore.open(path, mode="r+")`: they may only `write_rows` / `set_durations`.
+    """
+
+    def __init__(self, path: str | Path, group: zarr.Group, lock: StoreLock | None = None):
         self.path = Path(path)
         self.group = group
+        self._lock = lock
 
-    # --- opening -------------------------------------------------------------------------------
+    # --- opening -------------------------------------------------------------------------------------------
     @classmethod
     def create_or_open(cls, path: str | Path, classes: tuple[str, ...] = DESED_CLASSES,
-                       timing: ClipTiming = ClipTiming()) -> "FeatureStore":
+                       timing: ClipTiming = ClipTiming(),
+                       clips_per_shard: int = DEFAULT_CLIPS_PER_SHARD) -> "FeatureStore":
         path = Path(path)
-        if (path / "zarr.json").exists():
-            store = cls.open(path, mode="r+")
+        lock = StoreLock(path, purpose="extract").acquire()
+        try:
+            _sweep_leftovers(path)
+            if not (path / "zarr.json").exists():
+                if path.exists() and any(path.iterdir()):
+                    raise StoreError(f"{path}: exists but is not a feature store (no zarr.json); choose another path")
+                _create(path, classes, timing, clips_per_shard)
+            store = cls._open_group(path, "r+", lock)
+            store._replay_journal()
             if tuple(store.classes) != tuple(classes):
-                raise StoreError(f"{path}: store classes {store.classes} differ from {classes}")
+                raise StoreError(f"{path}: store classes {store.classes} differ from {classes}; write to a new store")
             if store.timing != timing:
-                raise StoreError(f"{path}: store timing {store.timing} differs from {timing}")
+                raise StoreError(f"{path}: store timing {store.timing} differs from {timing}; write to a new store")
             return store
-        group = zarr.open_group(str(path), mode="w-", zarr_format=3)
-        group.attrs.update({"format_version": FORMAT_VERSION, "classes": list(classes), "timing": asdict(timing)})
-        for name in _CLIP_COLUMNS:
-            _str_array(group, name, [], ("clip",))
-        group.create_array("duration", shape=(0,), chunks=(_CLIP_CHUNK,), dtype="float32",
-                           fill_value=np.nan, dimension_names=("clip",))
-        group.create_array("weak_labels", shape=(0, len(classes)), chunks=(_CLIP_CHUNK, len(classes)),
-                           dtype="uint8", fill_value=0, dimension_names=("clip", "class"))
-        for name, dtype in _EVENT_COLUMNS.items():
-            group.create_array(name, shape=(0,), chunks=(65536,), dtype=dtype, fill_value=0, dimension_names=("event",))
-        return cls(path, group)
+        except BaseException:
+            lock.release()
+            raise
 
     @classmethod
     def open(cls, path: str | Path, mode: str = "r") -> "FeatureStore":
-        path = Path(path)
+        store = cls._open_group(Path(path), mode, None)
+        if mode == "r" and journal_path(path).exists():
+            store._wait_for_journal()
+        return store
+
+    @classmethod
+    def _open_group(cls, path: Path, mode: str, lock: StoreLock | None) -> "FeatureStore":
         if not (path / "zarr.json").exists():
-            raise StoreError(f"{path}: not a feature store (no zarr.json)")
-        group = zarr.open_group(str(path), mode=mode, zarr_format=3)
+            raise StoreError(f"{path}: not a feature store (no zarr.json); check the path or run `avsed extract`")
+        group = zarr.open_group(store=_zarr_store(path, read_only=mode == "r"), mode=mode, zarr_format=3,
+                                use_consolidated=False)
         version = group.attrs.get("format_version")
         if version != FORMAT_VERSION:
-            raise StoreError(f"{path}: store format {version!r}, this code reads {FORMAT_VERSION}")
-        return cls(path, group)
+            hint = (f"run `avsed migrate-store {path}` (it keeps the old store beside the new one)" if version == 1
+                    else "this code cannot read it")
+            raise StoreFormatError(f"{path}: store format {version!r}, this code reads format {FORMAT_VERSION}; {hint}")
+        return cls(path, group, lock)
 
-    # --- metadata ------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Release the writer lock (if this object holds it)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "FeatureStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # A writer dropped without close() must not hold the store for the rest of the process.
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: the OS releases the lock anyway
+            pass
+
+    def _require_lock(self, what: str) -> None:
+        if not StoreLock.held(self.path):
+            raise RuntimeError(f"{self.path}: {what} needs the store's writer lock (open with create_or_open)")
+
+    # --- metadata ------------------------------------------------------------------------------------------
     @property
     def classes(self) -> tuple[str, ...]:
         return tuple(self.group.attrs["classes"])
@@ -107,18 +352,43 @@ class FeatureStore:
         return ClipTiming(**self.group.attrs["timing"])
 
     @property
+    def clips_per_shard(self) -> int:
+        return int(self.group.attrs["clips_per_shard"])
+
+    @property
     def n_clips(self) -> int:
-        return int(self.group["clip_id"].shape[0])
+        return int(self.group.attrs["n_clips"])
+
+    @property
+    def n_events(self) -> int:
+        return int(self.group.attrs["n_events"])
+
+    def shard_of(self, row: int) -> int:
+        return int(row) // self.clips_per_shard
+
+    def shard_rows(self, shard: int) -> range:
+        s = self.clips_per_shard
+        return range(shard * s, min((shard + 1) * s, self.n_clips))
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_clips // self.clips_per_shard)
 
     def column(self, name: str) -> np.ndarray:
-        return np.asarray(self.group[name][:])
+        arr = self.group[name]
+        dims = arr.metadata.dimension_names or ()
+        if dims[:1] == ("clip",):
+            return np.asarray(arr[: self.n_clips])
+        if dims[:1] == ("event",):
+            return np.asarray(arr[: self.n_events])
+        return np.asarray(arr[:])
 
     def strings(self, name: str) -> np.ndarray:
         """A string column as an object array of Python str (zarr 3 returns numpy StringDType)."""
-        return np.asarray(self.group[name][:]).astype(object)
+        return self.column(name).astype(object)
 
     def clip_ids(self) -> np.ndarray:
-        return self.strings("clip_id")
+        return self.strings("clip")
 
     def clip_index(self) -> dict[str, int]:
         return {cid: i for i, cid in enumerate(self.clip_ids())}
@@ -127,132 +397,388 @@ class FeatureStore:
         return self.strings("partition")
 
     def events(self) -> dict[str, np.ndarray]:
-        return {name: self.column(name) for name in _EVENT_COLUMNS}
+        return self._consistent(lambda: {name: self.column(name) for name in _EVENT_COLUMNS})
 
     def clip_events(self) -> list[list[Event]]:
         """Strong annotations grouped per clip row."""
         ev = self.events()
         out: list[list[Event]] = [[] for _ in range(self.n_clips)]
+        classes = self.classes
         for c, on, off, k in zip(ev["event_clip"], ev["event_onset"], ev["event_offset"], ev["event_class"]):
-            out[int(c)].append(Event(float(on), float(off), self.classes[int(k)]))
+            out[int(c)].append(Event(float(on), float(off), classes[int(k)]))
         return out
 
-    # --- growing -------------------------------------------------------------------------------
-    def add_clips(self, clips: Iterable[Clip]) -> list[int]:
-        """Append clips not yet in the store; returns the row of every given clip (old or new)."""
+    # --- consistency for readers ---------------------------------------------------------------------------
+    def _root_attrs(self) -> dict[str, Any]:
+        return json.loads((self.path / "zarr.json").read_text(encoding="utf-8")).get("attributes", {})
+
+    def _wait_for_journal(self) -> None:
+        for attempt in range(_READ_RETRIES):
+            if not journal_path(self.path).exists():
+                self.group = zarr.open_group(store=_zarr_store(self.path, read_only=True), mode="r", zarr_format=3,
+                                             use_consolidated=False)
+                return
+            time.sleep(0.2 * (attempt + 1))
+        raise StoreBusyError(
+            f"{self.path}: its clips or labels are being changed ({journal_path(self.path).name} is present): a run is "
+            f"adding clips right now, or one was interrupted; wait for it, or rerun `avsed extract` to finish the change")
+
+    def _consistent(self, read):
+        """Run `read` so that it sees one committed generation of the labels (seqlock against a writer)."""
+        if self._lock is not None:
+            return read()  # the lock holder is the only writer
+        for _ in range(_READ_RETRIES):
+            generation = self._root_attrs().get("generation")
+            if journal_path(self.path).exists():
+                self._wait_for_journal()
+                continue
+            value = read()
+            if not journal_path(self.path).exists() and self._root_attrs().get("generation") == generation:
+                return value
+            self._wait_for_journal()
+        raise StoreBusyError(f"{self.path}: the labels kept changing while being read; retry when the running "
+                             f"extraction has passed its planning step")
+
+    # --- growing and relabelling ---------------------------------------------------------------------------
+    def sync_clips(self, clips: Iterable[Clip]) -> SyncReport:
+        """Append clips not yet in the store and bring the labels of known clips in line with the metadata.
+
+        Labels, events and partitions are metadata, not cached features: a corrected label in the tsv is a
+        corrected label in the store (reported in `changes`). Features of known clips are untouched. Returns
+        the row of every given clip. Makes no write when nothing changed.
+        """
+        self._require_lock("sync_clips")
         clips = list(clips)
-        index = self.clip_index()
-        new = [c for c in clips if c.clip_id not in index]
-        if new:
-            n0 = self.n_clips
-            n1 = n0 + len(new)
-            self._resize_clip_axis(n1)
-            columns = {
-                "clip_id": [c.clip_id for c in new],
-                "partition": [c.partition for c in new],
-                "supervision": [c.supervision for c in new],
-                "youtube_id": [c.youtube_id or "" for c in new],
-            }
-            for name, values in columns.items():
-                self.group[name][n0:n1] = np.asarray(values, dtype=object)
-            weak = np.zeros((len(new), len(self.classes)), dtype=np.uint8)
-            rows, onsets, offsets, classes = [], [], [], []
-            for i, clip in enumerate(new):
-                for label in clip.weak_labels:
-                    weak[i, self.classes.index(label)] = 1
-                for ev in clip.events:
-                    rows.append(n0 + i)
-                    onsets.append(ev.onset)
-                    offsets.append(ev.offset)
-                    classes.append(self.classes.index(ev.label))
-            self.group["weak_labels"][n0:n1] = weak
-            if rows:
-                self._append_events(rows, onsets, offsets, classes)
-            for i, clip in enumerate(new):
-                index[clip.clip_id] = n0 + i
-        return [index[c.clip_id] for c in clips]
+        classes = self.classes
+        n0 = self.n_clips
+        ids = self.clip_ids()
+        index = {cid: i for i, cid in enumerate(ids)}
+        partition, supervision = self.strings("partition"), self.strings("supervision")
+        weak = self.column("weak_labels")
+        stored_events = self.events()
+        per_row: dict[int, list[tuple[float, float, int]]] = {}
+        for c, on, off, k in zip(stored_events["event_clip"], stored_events["event_onset"],
+                                 stored_events["event_offset"], stored_events["event_class"]):
+            per_row.setdefault(int(c), []).append((float(on), float(off), int(k)))
 
-    def _append_events(self, rows, onsets, offsets, classes) -> None:
-        m0 = int(self.group["event_clip"].shape[0])
-        m1 = m0 + len(rows)
-        for name, values in zip(_EVENT_COLUMNS, (rows, onsets, offsets, classes)):
-            arr = self.group[name]
-            arr.resize((m1,))
-            arr[m0:m1] = np.asarray(values, dtype=_EVENT_COLUMNS[name])
+        report = SyncReport(rows=[])
+        new: list[Clip] = []
+        changed_rows: dict[int, Clip] = {}
+        seen: set[str] = set()
+        events_changed = False
+        for clip in clips:
+            seen.add(clip.clip_id)
+            row = index.get(clip.clip_id)
+            if row is None:
+                row = n0 + len(new)
+                index[clip.clip_id] = row
+                new.append(clip)
+                events_changed = events_changed or bool(clip.events)
+                report.rows.append(row)
+                continue
+            report.rows.append(row)
+            w, evs = _label_values(clip, classes)
+            if (clip.partition, clip.supervision) != (partition[row], supervision[row]):
+                report.changes.append(LabelChange(clip.clip_id, "partition", f"{partition[row]}/{supervision[row]}",
+                                                  f"{clip.partition}/{clip.supervision}"))
+                changed_rows[row] = clip
+            if not np.array_equal(w, weak[row]):
+                report.changes.append(LabelChange(clip.clip_id, "weak labels", _describe_labels(weak[row], classes),
+                                                  _describe_labels(w, classes)))
+                changed_rows[row] = clip
+            if sorted(evs) != sorted(per_row.get(row, [])):
+                report.changes.append(LabelChange(clip.clip_id, "events", _describe_events(per_row.get(row, []), classes),
+                                                  _describe_events(evs, classes)))
+                changed_rows[row] = clip
+                events_changed = True
+        report.new_clips = len(new)
+        report.not_in_metadata = sum(1 for cid in ids if cid not in seen)
+        if not new and not changed_rows:
+            return report
 
-    def _resize_clip_axis(self, n: int) -> None:
-        # Every array whose first dimension is `clip` grows together, so xarray sees one clip axis.
-        for name, arr in self.group.arrays():
+        n1 = n0 + len(new)
+        journal: dict[str, Any] = {"n_clips": n1, "columns": {}, "weak_rows": [], "weak_values": []}
+        update_rows = sorted(changed_rows)
+        for name, get in (("clip", lambda c: c.clip_id), ("partition", lambda c: c.partition),
+                          ("supervision", lambda c: c.supervision), ("youtube_id", lambda c: c.youtube_id or "")):
+            if name == "clip" or name == "youtube_id":
+                rows, clip_list = list(range(n0, n1)), new
+            else:
+                rows, clip_list = update_rows + list(range(n0, n1)), [changed_rows[r] for r in update_rows] + new
+            journal["columns"][name] = {"rows": rows, "values": [get(c) for c in clip_list]}
+        for row, clip in [(r, changed_rows[r]) for r in update_rows] + list(zip(range(n0, n1), new)):
+            journal["weak_rows"].append(row)
+            journal["weak_values"].append(_label_values(clip, classes)[0].tolist())
+        if events_changed:
+            for row, clip in [(r, changed_rows[r]) for r in update_rows] + list(zip(range(n0, n1), new)):
+                per_row[row] = _label_values(clip, classes)[1]
+            table = [(row, on, off, k) for row in sorted(per_row) for on, off, k in sorted(per_row[row])]
+            journal["events"] = [list(col) for col in zip(*table)] if table else [[], [], [], []]
+            journal["n_events"] = len(table)
+        else:
+            journal["n_events"] = self.n_events
+        _write_json_atomic(journal_path(self.path), journal)
+        self._apply_journal(journal)
+        return report
+
+    def add_clips(self, clips: Iterable[Clip]) -> list[int]:
+        """`sync_clips(clips).rows`: the row of every given clip, new clips appended."""
+        return self.sync_clips(clips).rows
+
+    def _replay_journal(self) -> None:
+        path = journal_path(self.path)
+        if path.exists():
+            self._apply_journal(json.loads(path.read_text(encoding="utf-8")))
+
+    def _apply_journal(self, journal: dict[str, Any]) -> None:
+        """Idempotent: grow, write every column the journal holds, commit the counts, drop the journal."""
+        n1, m1 = int(journal["n_clips"]), int(journal["n_events"])
+        for _, arr in self.group.arrays():
             dims = arr.metadata.dimension_names or ()
-            if dims and dims[0] == "clip":
-                arr.resize((n,) + arr.shape[1:])
+            if dims[:1] == ("clip",) and arr.shape[0] < n1:
+                arr.resize((n1,) + arr.shape[1:])
+        for name, col in journal["columns"].items():
+            if col["rows"]:
+                _write_rows_of(self.group[name], np.asarray(col["rows"]), np.asarray(col["values"], dtype=object))
+        if journal["weak_rows"]:
+            _write_rows_of(self.group["weak_labels"], np.asarray(journal["weak_rows"]),
+                           np.asarray(journal["weak_values"], dtype=np.uint8))
+        if "events" in journal:
+            for (name, dtype), values in zip(_EVENT_COLUMNS.items(), journal["events"]):
+                arr = self.group[name]
+                if arr.shape[0] != m1:
+                    arr.resize((m1,))
+                if m1:
+                    arr[:] = np.asarray(values, dtype=dtype)
+        self.group.attrs.update({"n_clips": n1, "n_events": m1,
+                                 "generation": int(self.group.attrs.get("generation", 0)) + 1})
+        _remove_file(journal_path(self.path))
 
-    def set_durations(self, rows: np.ndarray, durations: np.ndarray) -> None:
+    def set_durations(self, rows: Sequence[int] | np.ndarray, durations: Sequence[float] | np.ndarray) -> None:
+        """Seconds of real audio per row; rows of one call should share a shard (one chunk write per shard)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        durations = np.asarray(durations, dtype=np.float32)
         arr = self.group["duration"]
-        for r, d in zip(rows, durations):
-            arr[int(r)] = float(d)
+        for shard in np.unique(rows // self.clips_per_shard):
+            sel = rows // self.clips_per_shard == shard
+            _write_rows_of(arr, rows[sel], durations[sel])
 
-    # --- features ------------------------------------------------------------------------------
+    # --- features ------------------------------------------------------------------------------------------
     def feature_names(self) -> list[str]:
         return sorted(name for name, arr in self.group.arrays() if "provenance" in arr.attrs)
 
     def provenance(self, feature: str) -> dict[str, Any]:
         return dict(self.group[feature].attrs["provenance"])
 
-    def ensure_feature(self, feature: str, frames: int, dim: int, dtype: str, provenance: dict[str, Any]) -> None:
-        """Create the feature and mask arrays, or check that the existing ones were made the same way."""
-        if feature in self.group:
+    def ensure_feature(self, feature: str, frames: int, dim: int, dtype: str, provenance: dict[str, Any],
+                       frame_times: np.ndarray | None = None) -> None:
+        """Create the feature (with its provenance), its mask and its frame-time coordinate, or check that the
+        existing feature was made the same way (`ProvenanceMismatch` names each setting that differs)."""
+        self._require_lock("ensure_feature")
+        provenance = json.loads(json.dumps(provenance))  # the JSON form is what is stored and compared
+        if feature in self.group and "provenance" in self.group[feature].attrs:
             stored = self.provenance(feature)
-            if json.dumps(stored, sort_keys=True) != json.dumps(provenance, sort_keys=True):
+            if stored != provenance:
+                diffs = "; ".join(f"{k}: store has {a!r}, now {b!r}" for k, a, b in _differences(stored, provenance))
                 raise ProvenanceMismatch(
-                    f"{self.path}: feature {feature!r} was made with {json.dumps(stored, sort_keys=True)}, "
-                    f"now asked for {json.dumps(provenance, sort_keys=True)}. The stored rows may be the only copy "
-                    f"left of videos that have since vanished, so they are not overwritten: write to a new store.")
+                    f"{self.path}: feature {feature!r} was made with other settings ({diffs}). The stored rows may be "
+                    f"the only copy left of videos that have since vanished, so they are not overwritten: use the "
+                    f"store's settings or write to a new store")
+            shape = self.group[feature].shape
+            if shape[1:] != (frames, dim):
+                raise ProvenanceMismatch(f"{self.path}: feature {feature!r} has frames x dim {shape[1:]}, "
+                                         f"now asked for {(frames, dim)}; write to a new store")
+        else:
+            n = self.n_clips
+            s = self.clips_per_shard
+            fill = np.nan if np.dtype(dtype).kind == "f" else 0
+            self.group.create_array(feature, shape=(n, frames, dim), chunks=(1, frames, dim), shards=(s, frames, dim),
+                                    dtype=dtype, fill_value=fill, attributes={"provenance": provenance},
+                                    dimension_names=("clip", f"{feature}_frame", f"{feature}_dim"))
+        if f"{feature}_mask" not in self.group:
+            n, s = self.group[feature].shape[0], self.clips_per_shard
+            self.group.create_array(f"{feature}_mask", shape=(n, frames), chunks=(1, frames), shards=(s, frames),
+                                    dtype="bool", fill_value=False, dimension_names=("clip", f"{feature}_frame"))
+        coord = f"{feature}_frame"
+        if coord not in self.group:
+            times = frame_times if frame_times is not None else _default_frame_times(self.timing, frames)
+            arr = self.group.create_array(coord, shape=(frames,), dtype="float32", fill_value=0.0,
+                                          dimension_names=(coord,), attributes={"units": "s", "long_name":
+                                                                                "frame centre time"})
+            arr[:] = np.asarray(times, dtype=np.float32)
+
+    def write_rows(self, feature: str, rows: Sequence[int] | np.ndarray, data: np.ndarray, masks: np.ndarray) -> None:
+        """Write rows of one shard: the data first, then the masks (each one atomic shard write).
+
+        Every row must have a True in its mask (an absent row is simply not written). Writing a shard's rows in one
+        call matters at scale: each call rewrites the shard file.
+        """
+        rows = np.asarray(rows, dtype=np.int64)
+        masks = np.asarray(masks, dtype=bool)
+        if rows.size == 0:
             return
-        n = self.n_clips
-        fill = np.nan if np.dtype(dtype).kind == "f" else 0
-        arr = self.group.create_array(feature, shape=(n, frames, dim), chunks=(1, frames, dim), dtype=dtype,
-                                      fill_value=fill, dimension_names=("clip", f"{feature}_frame", f"{feature}_dim"))
-        self.group.create_array(f"{feature}_mask", shape=(n, frames), chunks=(1, frames), dtype="bool",
-                                fill_value=False, dimension_names=("clip", f"{feature}_frame"))
-        # Written last: a feature counts as existing only once both arrays do.
-        arr.attrs["provenance"] = provenance
+        arr = self.group[feature]
+        data = np.asarray(data)
+        if data.shape != (len(rows),) + arr.shape[1:] or masks.shape != (len(rows), arr.shape[1]):
+            raise StoreError(f"feature {feature!r} rows {rows[:4].tolist()}...: data shape {data.shape} / mask shape "
+                             f"{masks.shape} do not match ({len(rows)},) + {arr.shape[1:]}")
+        shards = np.unique(rows // self.clips_per_shard)
+        if len(shards) != 1:
+            raise StoreError(f"feature {feature!r}: rows {rows.min()}..{rows.max()} span shards {shards.tolist()}; "
+                             f"write one shard per call (no two writers may share a shard)")
+        if rows.max() >= self.n_clips or rows.min() < 0:
+            raise StoreError(f"feature {feature!r}: rows outside the store's {self.n_clips} committed clips")
+        empty = ~masks.any(axis=1)
+        if empty.any():
+            raise StoreError(f"feature {feature!r} row {int(rows[empty][0])}: refusing to write a row with an all-False "
+                             f"mask (a row without data is absent)")
+        _write_rows_of(arr, rows, data.astype(arr.dtype, copy=False))
+        _write_rows_of(self.group[f"{feature}_mask"], rows, masks)
 
     def write_row(self, feature: str, row: int, data: np.ndarray, frame_mask: np.ndarray) -> None:
-        """Data first, then the mask: a crash in between leaves the row absent, never half-present."""
-        frame_mask = np.asarray(frame_mask, dtype=bool)
-        if not frame_mask.any():
-            raise StoreError(f"feature {feature!r} row {row}: refusing to write a row with an all-False mask")
-        arr = self.group[feature]
-        if data.shape != arr.shape[1:]:
-            raise StoreError(f"feature {feature!r} row {row}: data shape {data.shape} != {arr.shape[1:]}")
-        arr[row] = data.astype(arr.dtype, copy=False)
-        self.group[f"{feature}_mask"][row] = frame_mask
+        """One row (tests and small stores; at scale use `write_rows` with a whole shard)."""
+        self.write_rows(feature, [row], np.asarray(data)[None], np.asarray(frame_mask)[None])
 
     def present(self, feature: str) -> np.ndarray:
         """(clip,) bool: rows whose feature has been written."""
-        if feature not in self.group:
+        if feature not in self.group or f"{feature}_mask" not in self.group:
             return np.zeros(self.n_clips, dtype=bool)
-        return np.asarray(self.group[f"{feature}_mask"][:]).any(axis=1)
+        return self.mask(feature).any(axis=1)
 
     def mask(self, feature: str) -> np.ndarray:
-        return np.asarray(self.group[f"{feature}_mask"][:])
+        return np.asarray(self.group[f"{feature}_mask"][: self.n_clips])
 
-    def read_feature(self, feature: str, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+    def read_feature(self, feature: str, rows: np.ndarray | slice | int = slice(None)) -> np.ndarray:
+        if isinstance(rows, slice):
+            rows = slice(*rows.indices(self.n_clips))
         return np.asarray(self.group[feature][rows])
 
-    # --- statistics ----------------------------------------------------------------------------
-    def write_stats(self, feature: str, mean: np.ndarray, std: np.ndarray, attrs: dict[str, Any]) -> None:
-        for suffix, values in (("mean", mean), ("std", std)):
-            name = f"{feature}_{suffix}"
-            if name in self.group:
-                del self.group[name]
-            arr = self.group.create_array(name, shape=values.shape, dtype="float32",
-                                          dimension_names=(f"{feature}_dim",))
-            arr[:] = values.astype(np.float32)
-            arr.attrs.update(attrs)
-
+    # --- statistics ----------------------------------------------------------------------------------------
     def stats(self, feature: str) -> tuple[np.ndarray, np.ndarray] | None:
-        if f"{feature}_mean" not in self.group:
+        """(mean, std) of the training partitions' real frames, or None if absent or incomplete."""
+        name = f"{feature}_mean"
+        if name not in self.group or not self.group[name].attrs.get("complete", False):
             return None
-        return self.column(f"{feature}_mean"), self.column(f"{feature}_std")
+        return np.asarray(self.group[name][:]), np.asarray(self.group[f"{feature}_std"][:])
+
+    def stats_state(self, feature: str) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """(running sums (2, dim) float64, rows included (clip,) bool, frames) behind complete statistics, else None."""
+        if self.stats(feature) is None or f"{feature}_stats_sums" not in self.group:
+            return None
+        included = np.zeros(self.n_clips, dtype=bool)
+        flags = np.asarray(self.group[f"{feature}_in_stats"][: self.n_clips])
+        included[: len(flags)] = flags
+        return (np.asarray(self.group[f"{feature}_stats_sums"][:]), included,
+                int(self.group[f"{feature}_mean"].attrs["frames"]))
+
+    def write_stats(self, feature: str, sums: np.ndarray, included: np.ndarray, frames: int,
+                    attrs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """Store running sums (sum, sum of squares) over `frames` real frames of the `included` rows, and the
+        mean / std derived from them. Marked incomplete first and complete last (protocol step 5)."""
+        self._require_lock("write_stats")
+        sums = np.asarray(sums, dtype=np.float64)
+        dim = sums.shape[1]
+        mean = sums[0] / frames
+        std = np.sqrt(np.maximum(sums[1] / frames - mean * mean, 0.0))
+        dims = (f"{feature}_dim",)
+        arrays = {f"{feature}_mean": ((dim,), "float32", dims), f"{feature}_std": ((dim,), "float32", dims),
+                  f"{feature}_stats_sums": ((2, dim), "float64", ("stat", f"{feature}_dim"))}
+        for name, (shape, dtype, d) in arrays.items():
+            if name in self.group and self.group[name].shape != shape:
+                del self.group[name]
+            if name not in self.group:
+                self.group.create_array(name, shape=shape, dtype=dtype, fill_value=0, dimension_names=d)
+        if f"{feature}_in_stats" not in self.group:
+            self.group.create_array(f"{feature}_in_stats", shape=(self.group["clip"].shape[0],), chunks=(_FLAG_CHUNK,),
+                                    dtype="bool", fill_value=False, dimension_names=("clip",))
+        mean_arr = self.group[f"{feature}_mean"]
+        mean_arr.attrs.update({"complete": False})
+        self.group[f"{feature}_stats_sums"][:] = sums
+        flags = self.group[f"{feature}_in_stats"]
+        flags[: len(included)] = np.asarray(included, dtype=bool)
+        self.group[f"{feature}_std"][:] = std.astype(np.float32)
+        self.group[f"{feature}_std"].attrs.update(attrs)
+        mean_arr[:] = mean.astype(np.float32)
+        mean_arr.attrs.update({**attrs, "frames": int(frames), "complete": True})
+        return mean.astype(np.float32), std.astype(np.float32)
+
+    # --- end of a run ----------------------------------------------------------------------------------------
+    def consolidate(self) -> None:
+        """Refresh the consolidated metadata, so `xarray.open_zarr(path)` opens the store without warnings."""
+        self._require_lock("consolidate")
+        with warnings.catch_warnings():
+            # zarr warns that consolidated metadata is not (yet) part of the v3 spec; xarray reads it all the same.
+            warnings.filterwarnings("ignore", message="Consolidated metadata", category=UserWarning)
+            zarr.consolidate_metadata(_zarr_store(self.path))
+        self.group = zarr.open_group(store=_zarr_store(self.path), mode="r+", zarr_format=3, use_consolidated=False)
+
+
+# --- helpers ------------------------------------------------------------------------------------------------
+
+def _write_rows_of(arr: zarr.Array, rows: np.ndarray, values: np.ndarray) -> None:
+    """arr[rows] = values in one write per contiguous span (zarr 3.1's orthogonal writes fail on sharded arrays):
+    the span is read, the rows merged in, and the span written back, so rows between keep their bytes."""
+    rows = np.asarray(rows, dtype=np.int64)
+    order = np.argsort(rows, kind="stable")
+    rows, values = rows[order], np.asarray(values)[order]
+    lo, hi = int(rows[0]), int(rows[-1]) + 1
+    if hi - lo == len(rows):
+        arr[lo:hi] = values
+        return
+    span = np.asarray(arr[lo:hi])
+    if span.dtype.kind in "OTU" or values.dtype == object:
+        span = span.astype(object)
+    span[rows - lo] = values
+    arr[lo:hi] = span
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _differences(a.get(k), b.get(k), f"{prefix}.{k}" if prefix else str(k))
+        return out
+    return [] if a == b else [(prefix or "value", a, b)]
+
+
+def _default_frame_times(timing: ClipTiming, frames: int) -> np.ndarray:
+    if frames == timing.mel_frames:
+        return np.arange(frames) * timing.hop_length / timing.sample_rate  # centred STFT: frame k centres on k * hop
+    if frames == timing.video_frames:
+        return timing.video_frame_times()
+    return (np.arange(frames) + 0.5) * timing.clip_seconds / frames
+
+
+def _create(path: Path, classes: tuple[str, ...], timing: ClipTiming, clips_per_shard: int) -> None:
+    """Build an empty store in a temporary directory beside `path` and rename it into place (protocol step 2)."""
+    tmp = path.parent / f".{path.name}.creating-{uuid.uuid4().hex}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    group = zarr.open_group(store=_zarr_store(tmp), mode="w-", zarr_format=3)
+    group.attrs.update({"format_version": FORMAT_VERSION, "classes": list(classes), "timing": asdict(timing),
+                        "clips_per_shard": int(clips_per_shard), "n_clips": 0, "n_events": 0, "generation": 0})
+    for name in _LABEL_COLUMNS:
+        group.create_array(name, shape=(0,), chunks=(_COLUMN_CHUNK,), dtype=str, fill_value="",
+                           dimension_names=("clip",))
+    group.create_array("class", shape=(len(classes),), dtype=str, fill_value="", dimension_names=("class",))[:] = \
+        np.asarray(classes, dtype=object)
+    group.create_array("duration", shape=(0,), chunks=(clips_per_shard,), dtype="float32", fill_value=np.nan,
+                       dimension_names=("clip",))
+    group.create_array("weak_labels", shape=(0, len(classes)), chunks=(_COLUMN_CHUNK, len(classes)), dtype="uint8",
+                       fill_value=0, dimension_names=("clip", "class"))
+    for name, dtype in _EVENT_COLUMNS.items():
+        group.create_array(name, shape=(0,), chunks=(_EVENT_CHUNK,), dtype=dtype, fill_value=0,
+                           dimension_names=("event",))
+    if path.exists():  # an empty directory (checked by the caller) is replaced
+        path.rmdir()
+    _rename(tmp, path)
+
+
+def _sweep_leftovers(path: Path) -> None:
+    """Remove what killed writers leave behind (lock holder only): half-built stores, temporary files."""
+    for leftover in path.parent.glob(f".{path.name}.creating-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in path.parent.glob(f".{path.name}{JOURNAL_SUFFIX}.*.tmp"):
+        leftover.unlink(missing_ok=True)
+    if path.is_dir():
+        for leftover in path.rglob("*.partial"):  # zarr LocalStore's temporary files
+            leftover.unlink(missing_ok=True)
