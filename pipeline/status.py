@@ -1,4 +1,9 @@
-"""`avsed status`: what a store holds (clips, features present/missing, video availability, partitions)."""
+"""`avsed status`: what a store holds (clips, features present/missing, video availability, partitions).
+
+Reads only: the store opened read-only and the ledger with `Ledger(read_only=True)`, so it works on a store
+the user may not write. A missing or damaged ledger is reported in the status, with what to do, instead of
+failing it: the store's own numbers are still right.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipeline.ledger import Ledger
+from pipeline.ledger import Ledger, LedgerCorruptError
 from pipeline.store import FeatureStore
 
 
@@ -21,16 +26,20 @@ def store_status(store_path: str | Path) -> dict[str, Any]:
     ledger_path = Ledger.path_for_store(store_path)
     videos: dict[str, Any] = {"available": 0, "missing": 0, "failed": 0, "reasons": {}}
     problems = 0
+    ledger_state: dict[str, Any] = {"path": str(ledger_path), "state": "absent",
+                                    "message": "no ledger: video availability unknown (the next extraction "
+                                               "rebuilds it from the store)"}
     if ledger_path.exists():
-        ledger = Ledger(ledger_path)
         try:
-            videos.update(ledger.counts())
-            problems = len(ledger.problems())
-        finally:
-            ledger.close()
+            with Ledger(ledger_path, read_only=True) as ledger:
+                videos.update(ledger.counts())
+                problems = ledger.n_problems()
+            ledger_state = {"path": str(ledger_path), "state": "ok", "message": ""}
+        except LedgerCorruptError as exc:
+            ledger_state = {"path": str(ledger_path), "state": "damaged", "message": str(exc)}
     partitions = dict(sorted(Counter(str(p) for p in store.partitions()).items()))
     return {"store": str(store_path), "clips": n, "features": features, "videos": videos,
-            "partitions": partitions, "problems": problems,
+            "ledger": ledger_state, "partitions": partitions, "problems": problems,
             "stats": {name: store.group[f"{name}_mean"].attrs.asdict()
                       for name in store.feature_names() if f"{name}_mean" in store.group}}
 
@@ -41,9 +50,15 @@ def format_status(status: dict[str, Any]) -> str:
     lines.append(f"{'feature':<10} {'present':>8} {'missing':>8}  weights")
     for name, f in status["features"].items():
         lines.append(f"{name:<10} {f['present']:>8} {f['missing']:>8}  {f['weights']}")
-    v = status["videos"]
-    lines.append(f"videos: available {v['available']}, missing {v['missing']}, failed {v['failed']}")
-    for reason, count in sorted(v.get("reasons", {}).items()):
-        lines.append(f"  missing because {reason}: {count}")
-    lines.append(f"recorded clip problems: {status['problems']}")
+    ledger = status.get("ledger", {"state": "ok"})
+    if ledger["state"] == "absent":
+        lines.append(f"ledger {ledger['path']}: {ledger['message']}")
+    elif ledger["state"] == "damaged":
+        lines.append(f"ledger: {ledger['message']}")
+    else:
+        v = status["videos"]
+        lines.append(f"videos: available {v['available']}, missing {v['missing']}, failed {v['failed']}")
+        for reason, count in sorted(v.get("reasons", {}).items()):
+            lines.append(f"  missing because {reason}: {count}")
+        lines.append(f"recorded clip problems: {status['problems']}")
     return "\n".join(lines)
