@@ -12,7 +12,10 @@ pipeline does (it resizes whole frames to 224 x 224); the visual extractors take
 
 Frames whose time lies beyond the real video duration are zeros with `valid` False. Files ffmpeg
 cannot decode (random bytes, truncated, no video stream, zero frames) raise `VideoError` with a
-cause starting "corrupt:"; still images and black screens are valid video and decode normally.
+cause starting "corrupt:"; still images and black screens are valid video and decode normally. A video
+that ends before the clip's start says so ("video ends at 6.000 s, before the clip's start at 8.000 s"
+for a whole file; for a partial download, whose cut past the end holds no stream at all, "video ends
+before the clip's start at 8.000 s"), rather than "no video stream".
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 from pipeline.errors import ClipError
 from pipeline.ffmpeg_bin import ffmpeg_exe
 from pipeline.labels import ClipTiming
+from pipeline.manifest import parse_clip_name
 
 _DURATION = re.compile(rb"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
 
@@ -59,15 +63,37 @@ def parse_duration(stderr: bytes) -> float | None:
     return int(h) * 3600 + int(mnt) * 60 + float(s)
 
 
+NO_STREAM = "no stream at all"
+
+
 def _stderr_cause(stderr: bytes) -> str:
     """The most telling line of ffmpeg's error output (its last non-empty lines name the failure)."""
     lines = [ln.strip() for ln in stderr.decode("utf-8", "replace").splitlines() if ln.strip()]
     if any("matches no streams" in ln or "does not contain any stream" in ln for ln in lines):
-        return "no video stream"
+        # An input that opened but lists no stream (not even audio) is what a cut past a video's end leaves.
+        opened = any(ln.startswith("Input #0") for ln in lines)
+        return NO_STREAM if opened and not any(ln.startswith("Stream #0:") for ln in lines) else "no video stream"
     for ln in reversed(lines):
         if not ln.startswith(("Conversion failed", "Error opening output", "Exiting")):
             return ln[:300]
     return "ffmpeg failed"
+
+
+def _ends_before_start(stderr: bytes, clip_id: str, start: float) -> str | None:
+    """The cause for a video that ends before the clip begins, or None if that is not what happened.
+
+    A whole file read from `start` on: its container duration is at most `start`. A partial download (`start`
+    0): the cut from the clip's start (its name's time range) holds no stream at all, as ffmpeg leaves it when
+    the range lies past the video's end.
+    """
+    container = parse_duration(stderr)
+    if start > 0 and container is not None and container <= start:
+        return f"corrupt: video ends at {container:.3f} s, before the clip's start at {start:.3f} s"
+    if _stderr_cause(stderr) == NO_STREAM:
+        segment = parse_clip_name(clip_id)
+        at = f" at {segment.start:.3f} s" if segment is not None and start == 0 else ""
+        return f"corrupt: video ends before the clip's start{at} (what was downloaded of its range holds no stream)"
+    return None
 
 
 def decode_frames(path: str | Path, clip_id: str, timing: ClipTiming = ClipTiming(), size: int = 224,
@@ -94,11 +120,13 @@ def decode_frames(path: str | Path, clip_id: str, timing: ClipTiming = ClipTimin
     try:
         out, err = stream.run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True, quiet=True)
     except ffmpeg.Error as exc:
-        raise VideoError(clip_id, f"corrupt: {_stderr_cause(exc.stderr or b'')}") from None
+        stderr = exc.stderr or b""
+        raise VideoError(clip_id, _ends_before_start(stderr, clip_id, start) or f"corrupt: {_stderr_cause(stderr)}") from None
     frame_bytes = size * size * 3
     decoded = len(out) // frame_bytes
     if decoded == 0:
-        raise VideoError(clip_id, f"corrupt: no video frames decoded ({_stderr_cause(err)})")
+        raise VideoError(clip_id, _ends_before_start(err, clip_id, start)
+                         or f"corrupt: no video frames decoded ({_stderr_cause(err)})")
     got = np.frombuffer(out[: decoded * frame_bytes], dtype=np.uint8).reshape(decoded, size, size, 3)
 
     container = parse_duration(err)

@@ -105,3 +105,37 @@ def test_undecodable_files_raise_video_error(made, tmp_path, name, detail):
 def test_parse_duration():
     assert parse_duration(b"  Duration: 00:01:06.50, start: 0.000000, bitrate: 5 kb/s") == pytest.approx(66.5)
     assert parse_duration(b"  Duration: N/A, bitrate: N/A") is None
+
+
+# --- a video that ends before the clip's start (issue 13 item 9) ---------------------------------------------------
+
+@pytest.mark.parametrize("start", [8.0, 6.0])
+def test_a_whole_video_ending_before_the_clip_start_says_so(made, start):
+    clip_id = f"Ytc6tc6tc6tc_{start:.3f}_{start + 10:.3f}.wav"
+    with pytest.raises(VideoError) as info:
+        decode_frames(made["tc6"], clip_id, TIMING, start=start)
+    assert info.value.cause == f"corrupt: video ends at 6.000 s, before the clip's start at {start:.3f} s"
+    assert info.value.reason == "corrupt"
+    # starting inside the video is a short clip, not an error
+    assert decode_frames(made["tc6"], clip_id, TIMING, start=5.0).valid.sum() == TIMING.valid_video_frames(1.0)
+
+
+def test_a_partial_download_past_the_video_end_says_so_not_no_video_stream(made, tmp_path):
+    from pipeline.download import DownloadConfig, download_clip
+    from pipeline.manifest import parse_clip_name
+    from pipeline.serve import VideoServer
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "tc6tc6tc6tc.mp4").write_bytes(made["tc6"].read_bytes())
+    clip_id = "Ytc6tc6tc6tc_8.000_18.000.wav"
+    with VideoServer(served) as server:  # yt-dlp cuts [8 s, 18 s] of a 6 s video through ffmpeg, as for YouTube
+        result = download_clip(clip_id, parse_clip_name(clip_id), tmp_path / "out",
+                               DownloadConfig(url_template=server.url_template))
+    assert result.status == "available"
+    with pytest.raises(VideoError) as info:
+        decode_frames(result.path, clip_id, TIMING, start=result.clip_start)
+    # the cut (clip_start 0) holds no stream; were the whole video fetched instead, its duration is known
+    assert info.value.cause == ("corrupt: video ends before the clip's start at 8.000 s (what was downloaded of "
+                                "its range holds no stream)" if result.clip_start == 0.0 else
+                                "corrupt: video ends at 6.000 s, before the clip's start at 8.000 s")
