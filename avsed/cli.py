@@ -185,17 +185,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("evaluate", help="tune on validation, report on eval")
     s.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
-    s.add_argument("--store", required=True)
+    s.add_argument("--store", required=True, help="the feature store the run was trained on")
     s.add_argument("--audio-weight", type=float, help="force the audio interpolation weight (1 ignores video)")
-    s.add_argument("--split-by-availability", action="store_true")
+    s.add_argument("--split-by-availability", action="store_true",
+                   help="also score eval clips with and without video, and with video forced off (paper Table 7)")
     s.add_argument("--tune-audio-weight", action="store_true",
                    help="choose the audio weight among 0.25, 0.5, 0.75, 0.875 by validation EBF1 (paper 3.2.2)")
+    s.add_argument("--teacher", action="store_true",
+                   help="score the mean teacher instead of the student (the paper scores the student); "
+                        "recorded in result.json and in the model name")
     s.add_argument("--out", help="output folder (default <run>/evaluation)")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("report", help="aggregate evaluated runs (seeds) into mean ± std tables and plots")
-    s.add_argument("runs", nargs="+")
-    s.add_argument("--out", default="report")
+    s.add_argument("runs", nargs="+", help="run directories, their evaluation folders or result.json files")
+    s.add_argument("--out", default="report", help="output folder (report.md, *.csv, *.png)")
+    s.add_argument("--baseline", help="the model every other one is compared with in the split differences "
+                                      "(default: the audio-only model of the same architecture)")
     s.set_defaults(func=cmd_report)
 
     s = sub.add_parser("serve", help="serve the Prefect deployments extract-features/<name> and train/<name>")

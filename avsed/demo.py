@@ -31,10 +31,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from evaluation.evaluate import METRICS
-
 DEMO_MODELS = {
     # name: (encoders, interpolation weights during training)
     "audio-only": (["logmel"], None),
@@ -273,83 +269,31 @@ def vanish_videos(store_path: Path, video_dir: Path, n: int, seed: int) -> list[
     return chosen
 
 
-VIDEO_SPLITS = ("with_video", "without_video")  # the sets the paper's claim compares
-SPLIT_SETS = VIDEO_SPLITS + ("with_video_audio_only",)
-
-
-def _percent(result, split: str, metric: str) -> float | None:
-    """A metric of one evaluated set in %, None where the set or the metric is absent."""
-    value = result.sets[split].metrics.get(metric) if split in result.sets else None
-    return None if value is None else 100 * value
+def _groups(results: dict) -> dict:
+    return {name: [r] for name, r in results.items()}  # one seed per demo model
 
 
 def split_markdown(results: dict) -> str:
-    rows = ["| model | set | clips | " + " | ".join(m.upper() for m in METRICS) + " |",
-            "|---|---|---:|" + "---:|" * len(METRICS)]
-    for name, r in results.items():
-        for s in SPLIT_SETS:
-            if s in r.sets:
-                vals = [_percent(r, s, m) for m in METRICS]
-                cells = " | ".join("" if v is None else f"{v:.1f}" for v in vals)
-                rows.append(f"| {name} | {s.replace('_', ' ')} | {r.sets[s].n_clips} | {cells} |")
-    return "\n".join(rows)
+    """Each model's five metrics on the eval clips with and without video (and forced audio-only), in %."""
+    from evaluation.report import split_table, to_markdown
+
+    return to_markdown(split_table(_groups(results)), decimals=1, drop=("seeds",)).rstrip("\n")
 
 
 def claim_markdown(results: dict, baseline: str = "audio-only") -> str:
     """The paper's claim as differences: each bi-encoder minus the audio-only model, in points, on eval clips
     with video and without (the paper: better with video, about equal without)."""
-    rows = ["| model | set | " + " | ".join(f"Δ{m.upper()}" for m in METRICS) + " |", "|---|---|" + "---:|" * len(METRICS)]
-    base = results[baseline]
-    for name, r in results.items():
-        if name == baseline:
-            continue
-        for s in VIDEO_SPLITS:
-            if s in r.sets and s in base.sets:
-                pairs = [(_percent(r, s, m), _percent(base, s, m)) for m in METRICS]
-                cells = " | ".join("" if a is None or b is None else f"{a - b:+.1f}" for a, b in pairs)
-                rows.append(f"| {name} | {s.replace('_', ' ')} | {cells} |")
-    return "\n".join(rows)
+    from evaluation.report import audio_only_baselines, split_differences, to_markdown
+
+    groups = _groups(results)
+    rows = split_differences(groups, audio_only_baselines(groups, baseline))
+    return to_markdown(rows, decimals=1, drop=("baseline", "seeds", "baseline_seeds")).rstrip("\n")
 
 
 def plot_split(results: dict, path: Path, baseline: str = "audio-only") -> Path:
-    """Top: each model's five metrics on eval clips with and without video. Bottom: each bi-encoder minus
-    the audio-only model, in points (the paper's claim: above 0 with video, about 0 without)."""
-    import matplotlib
+    """evaluation.report.plot_split: the split by video and the differences to the audio-only model."""
+    from evaluation.report import audio_only_baselines
+    from evaluation.report import plot_split as plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(results)
-    others = [n for n in names if n != baseline]
-    colours = {n: f"C{k}" for k, n in enumerate(names)}
-
-    def value(name, split, metric):
-        v = _percent(results[name], split, metric)
-        return np.nan if v is None else v
-
-    fig, axes = plt.subplots(2, len(VIDEO_SPLITS), figsize=(12, 7), sharey="row")
-    x = np.arange(len(METRICS))
-    for col, split in enumerate(VIDEO_SPLITS):
-        ax = axes[0, col]
-        width = 0.8 / len(names)
-        for k, name in enumerate(names):
-            ax.bar(x + (k - (len(names) - 1) / 2) * width, [value(name, split, m) for m in METRICS], width,
-                   color=colours[name], label=name)
-        ax.set_title(f"eval clips {split.replace('_', ' ')}")
-        ax.set_xticks(x, [m.upper() for m in METRICS])
-        ax = axes[1, col]
-        width = 0.8 / max(1, len(others))
-        for k, name in enumerate(others):
-            diffs = [value(name, split, m) - value(baseline, split, m) for m in METRICS]
-            ax.bar(x + (k - (len(others) - 1) / 2) * width, diffs, width, color=colours[name])
-        ax.axhline(0.0, color="black", linewidth=0.8)
-        ax.set_xticks(x, [m.upper() for m in METRICS])
-    axes[0, 0].set_ylabel("%")
-    axes[1, 0].set_ylabel(f"minus {baseline}, points")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(names), frameon=False)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    groups = _groups(results)
+    return plot(groups, path, audio_only_baselines(groups, baseline))

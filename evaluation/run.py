@@ -1,7 +1,10 @@
 """Evaluate a trained run: predict validation and eval from the store, tune on validation, score eval, write outputs.
 
 Outputs in the run's `evaluation/` folder: `result.json` (everything, for `avsed report`), `metrics.md`
-(the five metrics per set), `per_class.png`, `psd_roc.png` and example-clip plots.
+(the five metrics per set), `per_class.png`, `psd_roc.png`, example-clip plots, and `predictions/` (the test
+set's detections as DESED_task TSVs, sed_scores_eval score tables, ground truth and durations: evaluation/export.py).
+The student is scored by default (the paper: "student models after the last training epoch"); `use_teacher`
+scores the mean teacher, recorded in `info["teacher"]` and in the model name so reports keep them apart.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from evaluation.evaluate import METRICS, EvaluationConfig, EvaluationResult, evaluate, score, tune
+from evaluation.export import export_predictions
 from evaluation.plots import plot_example_clip, plot_per_class, plot_psd_roc
 from evaluation.predictions import Predictions
 from pipeline.labels import LabelEncoder
@@ -24,14 +28,15 @@ from training.predict import load_checkpoint, predict
 PAPER_AUDIO_WEIGHTS = (0.25, 0.5, 0.75, 0.875)
 
 
-def model_name(config: TrainConfig) -> str:
+def model_name(config: TrainConfig, teacher: bool = False) -> str:
     """What distinguishes runs that are seeds of the same model (the report averages over those)."""
     streams = "+".join(config.encoders)
+    suffix = ", teacher" if teacher else ""
     if len(config.encoders) == 1:
-        return f"{config.model.architecture} {streams}"
+        return f"{config.model.architecture} {streams}{suffix}"
     w = config.interpolation_weights
     weights = "random" if w == "random" else ("equal" if w is None else "/".join(f"{x:g}" for x in w))
-    return f"{config.model.architecture} {streams} ({weights} weights)"
+    return f"{config.model.architecture} {streams} ({weights} weights){suffix}"
 
 
 def to_evaluation(p) -> Predictions:
@@ -47,36 +52,53 @@ class RunEvaluation:
     test: Predictions
 
 
-def choose_audio_weight(checkpoint: str | Path, store: str | Path, grid: Sequence[float],
-                        config: EvaluationConfig = EvaluationConfig(), device: str = "auto") -> tuple[float, dict]:
-    """The audio weight with the best validation EBF1 (tuned and scored on validation, as the paper does)."""
-    scores = {}
-    for w in grid:
-        val = to_evaluation(predict(checkpoint, store, ["validation"], audio_weight=w, device=device))
-        scores[float(w)] = score(val, tune(val, config), config).metrics["ebf1"]
+def select_audio_weight(validation_by_weight: dict[float, Predictions],
+                        config: EvaluationConfig = EvaluationConfig()) -> tuple[float, dict[float, float]]:
+    """The audio weight whose validation predictions reach the best tuned EBF1 (paper 3.2.2), and every score.
+
+    Ties go to the larger audio weight (the paper: the audio stream is the more salient one).
+    """
+    scores = {float(w): tune(val, config).ebf1.validation_score for w, val in validation_by_weight.items()}
     best = max(scores, key=lambda w: (scores[w], w))
     return best, scores
+
+
+def choose_audio_weight(checkpoint: str | Path, store: str | Path, grid: Sequence[float],
+                        config: EvaluationConfig = EvaluationConfig(), device: str = "auto",
+                        use_teacher: bool = False, validation_partition: str = "validation") -> tuple[float, dict]:
+    """Predict validation at each audio weight of `grid` and pick one with `select_audio_weight`."""
+    return select_audio_weight({float(w): to_evaluation(predict(checkpoint, store, [validation_partition],
+                                                                audio_weight=w, device=device, use_teacher=use_teacher))
+                                for w in grid}, config)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, store: str | Path, out_dir: str | Path | None = None,
                         audio_weight: float | None = None, split_by_availability: bool = False,
                         audio_weight_grid: Sequence[float] | None = None, config: EvaluationConfig = EvaluationConfig(),
                         validation_partition: str = "validation", test_partition: str = "eval",
-                        device: str = "auto", example_clips: int = 2) -> RunEvaluation:
+                        device: str = "auto", example_clips: int = 2, use_teacher: bool = False) -> RunEvaluation:
+    """Predict, tune on validation, score the test partition; write everything to `out_dir` when given."""
     ckpt = load_checkpoint(checkpoint)
     train_config = TrainConfig.from_dict(ckpt["config"])
-    info = {"model": model_name(train_config), "seed": train_config.seed, "checkpoint": str(checkpoint),
-            "step": int(ckpt.get("step", -1)), "encoders": list(train_config.encoders)}
+    info = {"model": model_name(train_config, use_teacher), "seed": train_config.seed, "checkpoint": str(checkpoint),
+            "step": int(ckpt.get("step", -1)), "encoders": list(train_config.encoders), "teacher": bool(use_teacher),
+            "architecture": train_config.model.architecture}
     multi = len(train_config.encoders) > 1
     if audio_weight is None and audio_weight_grid and multi:
-        audio_weight, grid_scores = choose_audio_weight(checkpoint, store, audio_weight_grid, config, device)
+        audio_weight, grid_scores = choose_audio_weight(checkpoint, store, audio_weight_grid, config, device,
+                                                        use_teacher, validation_partition)
         info["audio_weight_validation_ebf1"] = grid_scores
     info["audio_weight"] = audio_weight
-    val = to_evaluation(predict(checkpoint, store, [validation_partition], audio_weight=audio_weight, device=device))
-    test = to_evaluation(predict(checkpoint, store, [test_partition], audio_weight=audio_weight, device=device))
+
+    def run(partition: str, weight: float | None) -> Predictions:
+        return to_evaluation(predict(checkpoint, store, [partition], audio_weight=weight, device=device,
+                                     use_teacher=use_teacher))
+
+    val = run(validation_partition, audio_weight)
+    test = run(test_partition, audio_weight)
     audio_only = None
     if split_by_availability and multi and audio_weight != 1.0:
-        audio_only = to_evaluation(predict(checkpoint, store, [test_partition], audio_weight=1.0, device=device))
+        audio_only = run(test_partition, 1.0)
     result = evaluate(val, test, config, split_by_availability=split_by_availability, audio_only_test=audio_only,
                       info=info)
     out = None
@@ -102,6 +124,7 @@ def write_outputs(result: EvaluationResult, test: Predictions, store: str | Path
                                         f"Values in %.\n\n{metrics_markdown(result)}\n")
     plot_per_class(result, out_dir / "per_class.png")
     plot_psd_roc({result.info.get("model", "model"): result}, out_dir / "psd_roc.png")
+    export_predictions(test, result.tuning, out_dir / "predictions")
     _example_plots(test, store, out_dir, example_clips)
     return out_dir
 

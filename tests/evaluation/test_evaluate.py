@@ -6,8 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from evaluation.evaluate import METRICS, EvaluationResult, evaluate, score
+from evaluation.evaluate import METRICS, EvaluationResult, availability_sets, evaluate, score
 from evaluation.plots import plot_example_clip, plot_per_class, plot_psd_roc
+from evaluation.predictions import Predictions
 from evaluation.report import group_by_model, metrics_table, split_table, to_markdown, write_report
 from evaluation.synthetic import synthetic_predictions
 
@@ -40,12 +41,62 @@ def test_evaluate_reports_five_metrics_on_every_set(results):
         assert own.metrics[m] == pytest.approx(getattr(r.tuning, m).validation_score)
 
 
+def _split_fixture():
+    """20 test clips, 14 with video (clips 0-13, perfect predictions) and 6 without (noise), so that the two
+    subsets differ in size and in every metric; the forced audio-only predictions are silent on the clips with
+    video, so that set differs from both."""
+    base = synthetic_predictions(20, seed=21, events_per_clip=3.0)
+    truth = np.stack([base.encoder.encode_strong(e) for e in base.events])
+    noise = np.random.default_rng(0).random(truth.shape).astype(np.float32)
+    video = np.arange(20) < 14
+    frame = np.where(video[:, None, None], 0.05 + 0.9 * truth, noise)
+    clip = np.where(video[:, None], 0.05 + 0.9 * base.weak_targets(), noise.max(axis=1))
+    test = dataclasses.replace(base, frame_probs=frame, clip_probs=clip, video_available=video)
+    silent = dataclasses.replace(test, frame_probs=np.where(video[:, None, None], 0.0, frame),
+                                 clip_probs=np.where(video[:, None], 0.0, clip))
+    return test, silent
+
+
+def test_availability_split_direction():
+    """Table 7's direction: "with video" is the clips whose video was available, "without video" the others, and
+    "with video audio only" the forced audio-only predictions of the clips with video."""
+    test, silent = _split_fixture()
+    sets = availability_sets(test, silent)
+    assert sets["with_video"].clip_ids.tolist() == test.clip_ids[:14].tolist()
+    assert sets["without_video"].clip_ids.tolist() == test.clip_ids[14:].tolist()
+    assert sets["with_video_audio_only"].clip_ids.tolist() == test.clip_ids[:14].tolist()
+    np.testing.assert_array_equal(sets["with_video_audio_only"].frame_probs, silent.frame_probs[:14])
+    np.testing.assert_array_equal(sets["with_video"].frame_probs, test.frame_probs[:14])
+
+    validation = synthetic_predictions(30, seed=22)
+    r = evaluate(validation, test, split_by_availability=True, audio_only_test=silent)
+    assert (r.sets["with_video"].n_clips, r.sets["without_video"].n_clips, r.sets["with_video_audio_only"].n_clips) \
+        == (14, 6, 14)
+    # each set scores exactly its clips: the same numbers as scoring them on their own
+    own = {"with_video": test.subset(np.arange(14)), "without_video": test.subset(np.arange(14, 20)),
+           "with_video_audio_only": silent.subset(np.arange(14))}
+    for name, preds in own.items():
+        assert r.sets[name].metrics == score(preds, r.tuning).metrics, name
+    assert r.sets["with_video"].metrics["cbf1"] > 0.9 > r.sets["without_video"].metrics["cbf1"]
+    assert r.sets["with_video_audio_only"].metrics["cbf1"] == 0.0
+
+
 def test_json_round_trip(results, tmp_path):
-    r = results[1][0]
+    validation = results[0]
+    test = synthetic_predictions(30, seed=23)
+    test = dataclasses.replace(test, events=[[e for e in evs if e.label != "Cat"] for evs in test.events])
+    r = evaluate(validation, test, info={"model": "m", "seed": 0})
+    # a class without references has NaN F1s: the file must hold them as null, not as NaN
+    assert np.isnan(r.sets["all"].per_class["ebf1"]["Cat"])
     path = r.save(tmp_path / "evaluation.json")
-    json.loads(path.read_text())  # standard JSON (no NaN)
+
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+
+    json.loads(path.read_text(), parse_constant=refuse)  # standard JSON: no NaN / Infinity
     back = EvaluationResult.load(path)
     assert back.sets["all"].metrics == r.sets["all"].metrics
+    assert back.sets["all"].per_class["ebf1"]["Cat"] is None
     np.testing.assert_array_equal(back.tuning.ebf1.filter_sizes, r.tuning.ebf1.filter_sizes)
 
 
@@ -57,9 +108,10 @@ def test_tables_over_seeds(results, tmp_path):
     assert rows[0]["seeds"] == 2
     assert rows[0]["ebf1_mean"] == pytest.approx(np.mean(vals))
     assert rows[0]["ebf1_std"] == pytest.approx(np.std(vals, ddof=1))
-    assert [r["set"] for r in split_table(groups)] == ["all", "with_video", "without_video", "with_video_audio_only"]
+    # the split table holds the subsets only: the "all" rows are the metrics table
+    assert [r["set"] for r in split_table(groups)] == ["with_video", "without_video", "with_video_audio_only"]
     md = to_markdown(rows)
-    assert "±" in md and "bi_openl3" in md
+    assert f"{rows[0]['ebf1_mean']:.2f} ± {rows[0]['ebf1_std']:.2f}" in md and "bi_openl3" in md
     paths = write_report(out, tmp_path / "report")
     assert paths["markdown"].read_text().count("|") > 20 and paths["split_csv"].exists()
 
