@@ -5,8 +5,10 @@
     OUT/metadata/...                   the five partitions' tsv files (strong / weak / unlabelled)
     OUT/audio/<partition dirs>/*.wav   44.1 kHz 16-bit mono clips
     OUT/videos/<youtube_id>.mp4        the videos that are "still on YouTube" (served by the loopback server)
-    OUT/truth/videos.tsv               clip_id, youtube_id, kind (content|still|black|absent), duration, start, end
+    OUT/truth/videos.tsv               clip_id, youtube_id, kind (content|still|black|absent|corrupt), duration, start, end
     OUT/truth/events.tsv               every event of every clip, including unlabelled ones, and whether it is audible
+    OUT/truth/failures.tsv             with `failure_cases`: each failure clip's case and expected outcomes
+    OUT/videos/answers.json, removed.txt   with `failure_cases`: the loopback host's script (pipeline.serve)
 
 The task is built so that the video carries information the audio lacks, as the paper assumes: each of the
 ten classes is a distinct synthetic sound in its own frequency band, but a fraction of the events of the
@@ -15,6 +17,10 @@ always drawn in the video as a class-specific colour patch at a class-specific p
 the video can find those events; an audio-only model cannot. Synthetic (Freesound-style) clips are
 audio-only, as in DESED, and all their events are audible; `strong_video_fraction` turns a share of the
 strongly labelled training clips into recordings with video instead (as later DESED releases have).
+
+`failure_cases` adds weak clips that exercise the extraction's failure paths (corrupt video, transient host
+errors, a removed video, unreadable / missing / truncated / short audio; `pipeline.synth_failures`), drawn from
+a random stream of their own so that the other clips are exactly those of a set made without them.
 """
 
 from __future__ import annotations
@@ -37,9 +43,12 @@ from tqdm import tqdm
 from pipeline.classes import DESED_CLASSES
 from pipeline.labels import Event
 from pipeline.manifest import DESED_2020_PARTITIONS, PartitionSpec
+from pipeline.synth_failures import (FAILURE_CASES, REMOVED_STATUS, SHORT_HELD_SECONDS, TRUNCATED_HELD_SECONDS,
+                                     truncate_wav, unknown_cases, write_corrupt_video, write_host_script,
+                                     write_unreadable_audio)
 
 PARTITION_NAMES = tuple(p.name for p in DESED_2020_PARTITIONS)  # synthetic, weak, unlabelled, validation, eval
-VIDEO_KINDS = ("content", "still", "black", "absent")
+VIDEO_KINDS = ("content", "still", "black", "absent", "corrupt")  # corrupt: failure cases only
 _ID_ALPHABET = string.ascii_letters + string.digits + "_-"
 
 
@@ -87,6 +96,9 @@ class SynthConfig:
     quiet_event_fraction: float = 0.3
     loud_snr_db: tuple[float, float] = (6.0, 20.0)  # event power over the background noise in the class's band
     quiet_snr_db: tuple[float, float] = (-20.0, -12.0)
+    # Extra weak clips that fail on purpose, by case name (`pipeline.synth_failures.ALL_FAILURE_CASES` for all);
+    # empty: none. Their outcomes are written to truth/failures.tsv.
+    failure_cases: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if self.clips < len(PARTITION_NAMES):
@@ -108,6 +120,11 @@ class SynthConfig:
             raise SynthConfigError(f"events_per_clip={self.events_per_clip}")
         if not 0 < self.event_seconds[0] <= self.event_seconds[1] <= self.short_clip_seconds[0]:
             raise SynthConfigError(f"event_seconds={self.event_seconds} must fit the shortest clip")
+        if isinstance(self.failure_cases, str) or unknown_cases(self.failure_cases):
+            raise SynthConfigError(f"failure_cases={self.failure_cases!r}: a tuple of names from "
+                                   f"{', '.join(FAILURE_CASES)}")
+        if len(set(self.failure_cases)) != len(self.failure_cases):
+            raise SynthConfigError(f"failure_cases={self.failure_cases!r}: a case is named twice")
 
 
 @dataclass
@@ -118,8 +135,10 @@ class SynthSummary:
     video_dir: Path
     truth_path: Path  # truth/videos.tsv
     events_path: Path  # truth/events.tsv
+    failures_path: Path | None = None  # truth/failures.tsv (with failure_cases)
     n_clips: dict[str, int] = field(default_factory=dict)  # per partition
-    n_videos_available: int = 0  # content + still + black
+    n_videos_available: int = 0  # content + still + black (failure clips' decodable videos included)
+    n_failure_cases: int = 0
     n_videos_missing: int = 0
     n_videos_content: int = 0
     n_videos_still: int = 0
@@ -144,6 +163,7 @@ class ClipPlan:
     video_seconds: float
     events: tuple[Event, ...]
     quiet: tuple[bool, ...]
+    failure: str | None = None  # the failure case this clip exercises (pipeline.synth_failures), if any
 
 
 # --- the ten sounds -------------------------------------------------------------------------------------------
@@ -502,7 +522,31 @@ def plan_dataset(config: SynthConfig) -> list[ClipPlan]:
         clip_id = f"Y{yid}_{start:.3f}_{start + duration:.3f}.wav"
         video_seconds = 0.0 if kind == "absent" else _round3(start + duration + tail)
         plans.append(ClipPlan(i, clip_id, spec, yid, start, duration, kind, video_seconds, tuple(events), quiet))
-    return plans
+    return plans + _failure_plans(config, plans)
+
+
+def _failure_plans(config: SynthConfig, plans: list[ClipPlan]) -> list[ClipPlan]:
+    """One weak clip per failure case, after every other clip, from random streams of their own."""
+    if not config.failure_cases:
+        return []
+    weak = next(spec for spec in DESED_2020_PARTITIONS if spec.name == "weak")
+    frng = np.random.default_rng(np.random.SeedSequence([config.seed, 4]))
+    taken = {p.youtube_id for p in plans}
+    ids = [y for y in _youtube_ids(frng, len(config.failure_cases) + len(taken)) if y not in taken]
+    out = []
+    for k, name in enumerate(config.failure_cases):
+        case = FAILURE_CASES[name]
+        i = len(plans) + k
+        crng = np.random.default_rng(np.random.SeedSequence([config.seed, i, 0]))
+        duration = case.clip_seconds or config.clip_seconds
+        start = case.clip_start
+        events = _draw_events(crng, config, duration)
+        kind = "corrupt" if case.video_file == "corrupt" else "content"
+        video_seconds = case.video_seconds if case.video_seconds is not None else _round3(start + duration)
+        clip_id = f"Y{ids[k]}_{start:.3f}_{start + duration:.3f}.wav"
+        out.append(ClipPlan(i, clip_id, weak, ids[k], start, duration, kind, video_seconds, tuple(events),
+                            (False,) * len(events), failure=name))
+    return out
 
 
 # --- writing ------------------------------------------------------------------------------------------------------
@@ -554,10 +598,11 @@ def make_synthetic_dataset(out_dir: str | Path, config: SynthConfig = SynthConfi
     for plan in tqdm(plans, desc="synth clips", unit="clip", disable=not progress):
         wav = audio_dir / plan.partition.audio / plan.clip_id
         wav.parent.mkdir(parents=True, exist_ok=True)
-        tmp = wav.with_name(wav.name + ".part")
-        sf.write(str(tmp), render_audio(plan, config), config.sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, wav)
-        if plan.video_kind != "absent":
+        _write_audio(plan, config, wav)
+        if plan.video_kind == "corrupt":
+            write_corrupt_video(video_dir / f"{plan.youtube_id}.mp4",
+                                np.random.default_rng(np.random.SeedSequence([config.seed, plan.index, 5])))
+        elif plan.video_kind != "absent":
             tv = time.perf_counter()
             encode_video(render_video_frames(plan, config), config.video_fps, video_dir / f"{plan.youtube_id}.mp4", ffmpeg)
             video_seconds += time.perf_counter() - tv
@@ -565,6 +610,11 @@ def make_synthetic_dataset(out_dir: str | Path, config: SynthConfig = SynthConfi
     for stale in video_dir.glob("*.mp4"):
         if stale.name not in served:
             stale.unlink()
+    failing = [p for p in plans if p.failure]
+    # The host's script: written (or removed) every time, since the folder's content is what the host plays.
+    write_host_script(video_dir, {p.youtube_id: [dict(a) for a in FAILURE_CASES[p.failure].answers]
+                                  for p in failing if FAILURE_CASES[p.failure].answers},
+                      [p.youtube_id for p in failing if FAILURE_CASES[p.failure].removed])
     for spec in DESED_2020_PARTITIONS:
         _write_text_atomic(meta_dir / spec.metadata, _tsv(_metadata_rows(spec, [p for p in plans if p.partition == spec])))
     video_rows = [["clip_id", "partition", "youtube_id", "kind", "duration", "start", "end"]]
@@ -576,13 +626,50 @@ def make_synthetic_dataset(out_dir: str | Path, config: SynthConfig = SynthConfi
         event_rows += [[p.clip_id, p.partition.name, f"{e.onset:.3f}", f"{e.offset:.3f}", e.label, "quiet" if q else "loud"]
                        for e, q in zip(p.events, p.quiet)]
     _write_text_atomic(truth_dir / "events.tsv", _tsv(event_rows))
+    failures_path = truth_dir / "failures.tsv"
+    failures_path.unlink(missing_ok=True)
+    if failing:
+        _write_text_atomic(failures_path, _tsv(_failure_rows(failing)))
     kinds = [p.video_kind for p in plans if p.youtube_id]
     return SynthSummary(
         out_dir=out, metadata_dir=meta_dir, audio_dir=audio_dir, video_dir=video_dir,
         truth_path=truth_dir / "videos.tsv", events_path=truth_dir / "events.tsv",
+        failures_path=failures_path if failing else None, n_failure_cases=len(failing),
         n_clips={name: sum(p.partition.name == name for p in plans) for name in PARTITION_NAMES},
-        n_videos_available=sum(k != "absent" for k in kinds), n_videos_missing=kinds.count("absent"),
+        n_videos_available=sum(k in ("content", "still", "black") for k in kinds), n_videos_missing=kinds.count("absent"),
         n_videos_content=kinds.count("content"), n_videos_still=kinds.count("still"), n_videos_black=kinds.count("black"),
         n_events=sum(len(p.events) for p in plans), n_quiet_events=sum(sum(p.quiet) for p in plans),
         seconds=time.perf_counter() - t0, seconds_video=video_seconds,
     )
+
+
+def _write_audio(plan: ClipPlan, config: SynthConfig, wav: Path) -> None:
+    """The clip's WAV (44.1 kHz 16-bit mono), or for a failure case the broken file (or none) it calls for."""
+    how = FAILURE_CASES[plan.failure].audio_file if plan.failure else "ok"
+    if how == "missing":
+        wav.unlink(missing_ok=True)
+        return
+    if how == "unreadable":
+        write_unreadable_audio(wav, np.random.default_rng(np.random.SeedSequence([config.seed, plan.index, 6])))
+        return
+    audio = render_audio(plan, config)
+    if how == "short":
+        audio = audio[: int(round(SHORT_HELD_SECONDS * config.sample_rate))]
+    buf = io.BytesIO()
+    sf.write(buf, audio, config.sample_rate, subtype="PCM_16", format="WAV")
+    data = buf.getvalue()
+    if how == "truncated":
+        data = truncate_wav(data, int(round(TRUNCATED_HELD_SECONDS * config.sample_rate)), block_align=2)
+    tmp = wav.with_name(wav.name + ".part")
+    tmp.write_bytes(data)
+    os.replace(tmp, wav)
+
+
+def _failure_rows(plans: list[ClipPlan]) -> list[list]:
+    rows = [["clip_id", "case", "partition", "youtube_id", "video_first_run", "video_next_run", "audio_features",
+             "audio_problem", "description"]]
+    for p in plans:
+        case = FAILURE_CASES[p.failure]
+        rows.append([p.clip_id, case.name, p.partition.name, p.youtube_id, case.video_first_run, case.video_next_run,
+                     "yes" if case.audio_features else "no", case.audio_problem, case.description])
+    return rows

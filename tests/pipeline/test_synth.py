@@ -1,8 +1,10 @@
-"""The synthetic DESED-shaped data set: layout, manifest, audio/label agreement, video content, availability, determinism."""
+"""The synthetic DESED-shaped data set: layout, manifest, audio/label agreement, video content, availability, determinism,
+and the failure cases with their expected outcomes."""
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import subprocess
 from pathlib import Path
@@ -13,10 +15,13 @@ import pytest
 import soundfile as sf
 
 from pipeline.classes import DESED_CLASSES
+from pipeline.audio import AudioError, load_clip_audio
 from pipeline.manifest import DESED_2020_PARTITIONS, parse_clip_name, read_manifest
+from pipeline.serve import read_removed
 from pipeline.synth import (
     CLASS_BANDS, CLASS_COLOURS, SynthConfig, SynthConfigError, make_synthetic_dataset, patch_box, plan_dataset,
 )
+from pipeline.synth_failures import ALL_FAILURE_CASES, FAILURE_CASES
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 CONFIG = SynthConfig(clips=12, seed=3)
@@ -238,3 +243,91 @@ def test_strong_video_fraction_turns_soundscapes_into_recordings_and_zero_change
     assert len({p.youtube_id for p in mixed if p.youtube_id}) == sum(1 for p in mixed if p.youtube_id)
     with pytest.raises(SynthConfigError, match="strong_video_fraction"):
         SynthConfig(strong_video_fraction=1.5).validate()
+
+
+# --- failure cases (issue 17: the extraction's failure paths) -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def failing(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth-failing")
+    config = SynthConfig(clips=CONFIG.clips, seed=CONFIG.seed, failure_cases=ALL_FAILURE_CASES)
+    return out, make_synthetic_dataset(out, config, progress=False)
+
+
+def test_failure_cases_add_clips_and_change_no_other_clip(dataset, failing):
+    (out, summary), (fout, fsummary) = dataset, failing
+    plain = plan_dataset(CONFIG)
+    plans = plan_dataset(SynthConfig(clips=CONFIG.clips, seed=CONFIG.seed, failure_cases=ALL_FAILURE_CASES))
+    assert plans[: len(plain)] == plain and [p.failure for p in plans[len(plain):]] == list(ALL_FAILURE_CASES)
+    assert fsummary.n_failure_cases == len(ALL_FAILURE_CASES) and summary.n_failure_cases == 0
+    assert fsummary.n_clips["weak"] == summary.n_clips["weak"] + len(ALL_FAILURE_CASES)
+    # every file of the plain set is in the failing set, byte for byte; metadata lines only gain the new clips
+    for path in (p for p in out.rglob("*") if p.is_file()):
+        rel = path.relative_to(out)
+        if rel.parts[0] == "metadata" or rel.parts[0] == "truth":
+            assert set(path.read_text().splitlines()) <= set((fout / rel).read_text().splitlines()), rel
+        else:
+            assert (fout / rel).read_bytes() == path.read_bytes(), rel
+    assert summary.failures_path is None and not (out / "truth/failures.tsv").exists()
+    assert not (out / "videos/answers.json").exists() and not (out / "videos/removed.txt").exists()
+
+
+def test_failure_case_files_do_what_the_truth_says(failing):
+    out, summary = failing
+    truth = {r["case"]: r for r in _rows(summary.failures_path)}
+    assert list(truth) == list(ALL_FAILURE_CASES)
+    manifest = read_manifest(out / "metadata", out / "audio")
+    assert manifest.problems == []
+    clips = manifest.by_id()
+    for name, row in truth.items():
+        case = FAILURE_CASES[name]
+        clip = clips[row["clip_id"]]
+        assert clip.partition == "weak" and clip.weak_labels and clip.youtube_id == row["youtube_id"]
+        assert (row["video_first_run"], row["video_next_run"], row["audio_problem"]) == (
+            case.video_first_run, case.video_next_run, case.audio_problem)
+        # the audio problem the truth promises is what the audio reader says about the file
+        if case.audio_file in ("unreadable", "missing"):
+            with pytest.raises(AudioError, match=case.audio_problem):
+                load_clip_audio(clip.audio_path, clip.clip_id)
+            assert row["audio_features"] == "no"
+        else:
+            warnings = load_clip_audio(clip.audio_path, clip.clip_id).warnings
+            assert (["warning: " + w for w in warnings][:1] == [case.audio_problem] if case.audio_problem
+                    else warnings == []), (name, warnings)
+            assert row["audio_features"] == "yes"
+    video = {name: out / "videos" / f"{truth[name]['youtube_id']}.mp4" for name in truth}
+    assert not video["corrupt_video"].read_bytes().startswith(b"\x00\x00\x00") and len(video["corrupt_video"].read_bytes()) == 40000
+    with pytest.raises(subprocess.CalledProcessError):
+        _all_frames(video["corrupt_video"], CONFIG.video_size)
+    ends = clips[truth["video_ends_before_start"]["clip_id"]].segment
+    assert ends.start == 20.0 and len(_all_frames(video["video_ends_before_start"], CONFIG.video_size)) == round(6.0 * CONFIG.video_fps)
+    assert len(_all_frames(video["transient_503"], CONFIG.video_size)) == round(10.0 * CONFIG.video_fps)
+    answers = json.loads((out / "videos/answers.json").read_text())
+    assert answers == {truth["transient_503"]["youtube_id"]: [{"status": 503}, {"status": 200}],
+                       truth["rate_limited_429"]["youtube_id"]: [{"status": 429}, {"status": 200}]}
+    assert read_removed(out / "videos") == {truth["removed_video"]["youtube_id"]} and video["removed_video"].is_file()
+
+
+def test_a_set_made_again_without_failure_cases_drops_the_host_script(tmp_path):
+    cfg = SynthConfig(clips=5, seed=1, missing_fraction=0.0, still_fraction=0.0, black_fraction=0.0)
+    failing_cfg = SynthConfig(**{**cfg.__dict__, "failure_cases": ("transient_503", "removed_video")})
+    make_synthetic_dataset(tmp_path, failing_cfg, progress=False)
+    (tmp_path / "videos/answers.state.json").write_text('{"x": 1}')  # a host's consumption of the old script
+    summary = make_synthetic_dataset(tmp_path, cfg, progress=False)
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == sorted(
+        f"{p.youtube_id}.mp4" for p in plan_dataset(cfg) if p.youtube_id)
+    assert summary.failures_path is None and not (tmp_path / "truth/failures.tsv").exists()
+    # and made again with them, the script starts over (no consumption state carried over)
+    make_synthetic_dataset(tmp_path, failing_cfg, progress=False)
+    (tmp_path / "videos/answers.state.json").write_text('{"x": 1}')
+    make_synthetic_dataset(tmp_path, failing_cfg, progress=False)
+    assert not (tmp_path / "videos/answers.state.json").exists() and (tmp_path / "videos/answers.json").exists()
+
+
+def test_failure_case_names_are_checked():
+    with pytest.raises(SynthConfigError, match="failure_cases"):
+        SynthConfig(failure_cases=("corrupt_video", "exploding_video")).validate()
+    with pytest.raises(SynthConfigError, match="failure_cases"):
+        SynthConfig(failure_cases="corrupt_video").validate()
+    with pytest.raises(SynthConfigError, match="named twice"):
+        SynthConfig(failure_cases=("corrupt_video", "corrupt_video")).validate()
