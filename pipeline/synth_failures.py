@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-ANSWERS_FILE = "answers.json"  # the loopback host's script and its state (pipeline.serve)
+from pipeline.serve import REMOVED_LIST
+
+# The loopback host's script and its consumption state, as `pipeline.serve` reads them.
+ANSWERS_FILE = "answers.json"
 ANSWERS_STATE_FILE = "answers.state.json"
-REMOVED_LIST = "removed.txt"
 REMOVED_STATUS = 410  # serve the set with VideoServer(..., removed_status=410) for `missing/removed`
 
 
