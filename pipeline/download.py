@@ -1,9 +1,32 @@
-"""Download each clip's video with yt-dlp's Python API: only the clip's time range, concurrently,
-and turn every failure into a ledger outcome (`available` / `missing` + reason / `failed`).
+"""Download each clip's video with yt-dlp's Python API: only the clip's time range, with one bounded pool of
+workers per run, and turn every outcome into a ledger outcome (`available` / `missing` + reason / `failed`).
 
-The URL template is YouTube's watch URL by default; tests and the demo point it at the loopback
-server (`pipeline.serve`). Partial downloads go through ffmpeg, which yt-dlp only accepts when an
-executable named `ffmpeg` is on PATH: `pipeline.ffmpeg_bin` provides the project's one.
+`DownloadSession` is one run's downloads: `config.concurrency` worker threads (the run's one cap on downloads
+and probes in flight), one reused YoutubeDL per worker, a per-clip deadline (`clip_deadline_seconds`) and a
+circuit breaker (`pipeline.circuit_breaker`) that stops the run's requests once the host refuses every one of
+them. `download_clips` / `probe_clips` run a batch through a session; `download_clip` / `probe_clip` do one
+clip in the calling thread (no deadline, no breaker).
+
+Outcomes (`DownloadResult.status`):
+- `available`: the file is in `out_dir` (for a probe: the video still exists).
+- `missing` + a permanent reason (removed, private, terminated, copyright, geo, age, not_found, unsupported,
+  no_youtube_id): recorded in the ledger and not retried unless asked (`retry_missing_reasons`).
+- `failed` + a transient reason or None (network, 5xx, `rate_limited`, `bot_check`, `client_refused`,
+  `format_unavailable`, `deadline`, any message not known to be permanent): retried on the next run.
+  The classes come from `pipeline.download_reasons`.
+- `not_attempted`: the circuit breaker had opened before the clip was tried. Never written to the ledger:
+  the caller leaves the clip's entry untouched, so the next run tries it.
+
+Deadlines: every yt-dlp request has `socket_timeout`; the ffmpeg that cuts partial downloads gets the same
+value as its read timeout (`-rw_timeout`), without which a host that sends a little and then stalls keeps it
+waiting forever; and each clip has `clip_deadline_seconds` in all, after which it is recorded `failed` /
+`deadline` and the run goes on. A clip past its deadline keeps its worker (and so its slot) until yt-dlp's
+own timeouts end it, so abandoned work never grows beyond `concurrency` threads (and their ffmpeg children).
+
+The URL template is YouTube's watch URL by default; tests and the demo point it at the loopback server
+(`pipeline.serve`), whose YouTube-shaped watch URLs go through `pipeline.loopback_youtube`. Partial
+downloads go through ffmpeg, which yt-dlp only accepts when an executable named `ffmpeg` is on PATH:
+`pipeline.ffmpeg_bin` provides the project's one.
 
 Files: `<out_dir>/<clip stem>.<ext>` holds just the clip's range (the clip starts at 0 in it); if the
 cut fails, the whole video is fetched once as `<clip stem>.whole.<ext>` and `DownloadResult.clip_start`
@@ -12,14 +35,23 @@ cut fails, the whole video is fetched once as `<clip stem>.whole.<ext>` and `Dow
 
 from __future__ import annotations
 
+import copy
+import functools
+import queue
+import re
 import threading
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+import time
+import warnings
+from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
+from pipeline.circuit_breaker import CircuitBreaker
+from pipeline.download_reasons import classify_download_error, classify_message  # noqa: F401 - re-exported
+from pipeline.errors import AvsedError
 from pipeline.ffmpeg_bin import ensure_ffmpeg_on_path, ffmpeg_exe
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -35,6 +67,8 @@ DEFAULT_FORMAT = "bv*[height>=?224]/bv*/b"
 # Sort: ascending resolution (smallest first), then h264 before vp9/av1 (cheapest to decode), then size.
 DEFAULT_FORMAT_SORT = ("+res", "vcodec:h264", "+size", "+br")
 
+RESULT_STATUSES = ("available", "missing", "failed", "not_attempted")
+
 
 @dataclass(frozen=True)
 class DownloadConfig:
@@ -45,23 +79,79 @@ class DownloadConfig:
     force_keyframes_at_cuts: bool = True  # re-encode at the cut: the file starts exactly at the clip start
     retries: int = 3
     fragment_retries: int = 3
+    # Seconds without data before a request gives up; also ffmpeg's read timeout on partial downloads.
     socket_timeout: float = 20.0
-    concurrency: int = 4
+    concurrency: int = 4  # downloads and probes in flight at once, for the whole run
     # A partial download that ffmpeg cannot cut (a damaged file, or a host ffmpeg cannot seek in) is
     # tried once more whole; the decoder then judges the file (`corrupt` if it cannot decode it).
     fallback_whole: bool = True
     keep_videos: bool = False  # the caller deletes a video after its frames are extracted unless set
     rate_limit: float | None = None  # bytes/s per download, None: unlimited
+    # -- for the real YouTube ------------------------------------------------------------------------------
+    # A Netscape cookies.txt of a signed-in browser: answers bot checks, and lets an age-verified account see
+    # age-restricted videos (see `retry_missing_reasons`). yt-dlp writes refreshed cookies back to it.
+    cookies_file: str | None = None
+    proxy: str | None = None  # e.g. "http://host:3128" or "socks5://host:1080", for yt-dlp and its ffmpeg
+    sleep_interval: float | None = None  # seconds to wait before each download (yt-dlp's --sleep-interval)
+    max_sleep_interval: float | None = None  # with sleep_interval: a random wait in [sleep, max]
+    sleep_interval_requests: float | None = None  # seconds between a clip's metadata requests
+    # yt-dlp's extractor arguments, as its API takes them: {"youtube": {"player_client": ["web", "mweb"]}}.
+    extractor_args: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    # After this many consecutive refusals of one kind (HTTP 429 / bot check) the run stops downloading and
+    # the clips not yet tried come back `not_attempted`; 0 never stops.
+    breaker_threshold: int = 20
+    # A clip without a result after this many seconds (from its start) is recorded `failed` / `deadline`.
+    clip_deadline_seconds: float = 300.0
+
+    def __post_init__(self) -> None:
+        if int(self.concurrency) < 1:
+            raise AvsedError(f"download.concurrency must be at least 1, got {self.concurrency}")
+        if not float(self.clip_deadline_seconds) > 0:
+            raise AvsedError(f"download.clip_deadline_seconds must be positive, got {self.clip_deadline_seconds}")
+        if int(self.breaker_threshold) < 0:
+            raise AvsedError(f"download.breaker_threshold must be 0 (never stop) or more, got {self.breaker_threshold}")
+        object.__setattr__(self, "extractor_args", _checked_extractor_args(self.extractor_args))
+        object.__setattr__(self, "format_sort", tuple(self.format_sort))  # a YAML or JSON list, as written
 
     def url(self, youtube_id: str) -> str:
         return self.url_template.format(youtube_id=youtube_id)
+
+    @property
+    def retry_missing_reasons(self) -> tuple[str, ...]:
+        """Permanent `missing` reasons worth another try with this configuration, for the planner.
+
+        With `cookies_file` set, `age`: YouTube shows age-restricted videos to a signed-in, age-verified
+        account, so clips recorded missing for age before the cookies were given may now be had.
+        """
+        return ("age",) if self.cookies_file else ()
+
+
+def _checked_extractor_args(value) -> dict[str, dict[str, list[str]]]:
+    """`extractor_args` as yt-dlp takes it (extractor keys lower case, every value a list of strings)."""
+    example = '{"youtube": {"player_client": ["web"]}}'
+    if not isinstance(value, dict):
+        raise AvsedError(f"download.extractor_args must map extractor names to arguments, e.g. {example}; "
+                         f"got {value!r}")
+    out: dict[str, dict[str, list[str]]] = {}
+    for ie, args in value.items():
+        if not isinstance(args, dict):
+            raise AvsedError(f"download.extractor_args.{ie} must map argument names to values, e.g. {example}; "
+                             f"got {args!r}")
+        out[str(ie).lower()] = {}
+        for name, values in args.items():
+            values = [values] if isinstance(values, str) else values
+            if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values):
+                raise AvsedError(f"download.extractor_args.{ie}.{name} must be a string or a list of strings, "
+                                 f"e.g. {example}; got {values!r}")
+            out[str(ie).lower()][str(name)] = list(values)
+    return out
 
 
 @dataclass(frozen=True)
 class DownloadResult:
     clip_id: str
     youtube_id: str | None
-    status: str  # available | missing | failed (pipeline.ledger.VIDEO_STATUSES)
+    status: str  # available | missing | failed (pipeline.ledger.VIDEO_STATUSES) | not_attempted (never recorded)
     reason: str | None
     message: str
     path: Path | None
@@ -71,111 +161,10 @@ class DownloadResult:
 NO_YOUTUBE_ID_MESSAGE = "clip name carries no YouTube id (audio-only by construction)"
 
 
-# -- classifying failures ---------------------------------------------------------------------------
-# YouTube's own messages (the playability "reason"/"subreason" yt-dlp raises as ExtractorError), matched
-# by class, most specific first. The raw message is always kept in the ledger beside the class.
-_TRANSIENT_MESSAGES = (
-    "not a bot",  # "Sign in to confirm you're not a bot": anti-bot challenge, retry later
-    "try again later",  # "This content isn't available, try again later": rate limited
-    "captcha",
-    "rate-limited", "rate limit", "too many requests",
-    "live event will begin", "premieres in", "premiere will begin",
-    "timed out", "timeout", "temporarily", "connection reset", "network is unreachable",
-)
-_MESSAGE_CLASSES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("terminated", ("account associated with this video has been terminated", "has been terminated",
-                    "closed their youtube account", "account has been closed")),
-    ("geo", ("not made this video available in your country", "not available in your country",
-             "in your country", "geo restrict", "geo-restrict", "from your location")),
-    ("copyright", ("copyright",)),
-    ("age", ("confirm your age", "age-restricted", "age restricted", "inappropriate for some users",
-             "age verification")),
-    ("private", ("private video", "video is private", "members-only", "members only", "join this channel",
-                 "premium members", "only available to", "granted access")),
-    ("removed", ("removed by the uploader", "has been removed", "violat", "terms of service",
-                 "community guidelines", "no longer available", "video unavailable", "video is unavailable",
-                 "isn't available anymore", "is not available", "not available", "deleted")),
-    ("not_found", ("incomplete youtube id", "invalid id", "does not exist", "not found")),
-)
-
-
-def classify_message(message: str) -> str | None:
-    """Permanent reason class of a YouTube error message, or None if it is transient or unknown."""
-    text = message.lower()
-    if any(m in text for m in _TRANSIENT_MESSAGES):
-        return None
-    for reason, markers in _MESSAGE_CLASSES:
-        if any(m in text for m in markers):
-            return reason
-    return None
-
-
-def _http_reason(status: int) -> tuple[str, str | None]:
-    if status == 404:
-        return "missing", "not_found"
-    if status == 410:
-        return "missing", "removed"
-    if status == 451:  # unavailable for legal reasons
-        return "missing", "copyright"
-    # 401/403 from a video host are mostly expired signatures or throttling, 408/429/5xx are load: retry
-    return "failed", None
-
-
-def _cause_chain(exc: BaseException) -> list[BaseException]:
-    """The exception, yt-dlp's `exc_info` cause, and the `__cause__` / `cause` chain below them."""
-    seen: list[BaseException] = []
-    todo = [exc]
-    while todo:
-        e = todo.pop(0)
-        if e is None or any(e is s for s in seen):
-            continue
-        seen.append(e)
-        info = getattr(e, "exc_info", None)
-        if isinstance(info, tuple) and len(info) > 1 and isinstance(info[1], BaseException):
-            todo.append(info[1])
-        for attr in ("cause", "__cause__", "__context__"):
-            c = getattr(e, attr, None)
-            if isinstance(c, BaseException):
-                todo.append(c)
-    return seen
-
-
-def classify_download_error(exc: BaseException) -> tuple[str, str | None, str]:
-    """(status, reason, message) of a download failure, for the ledger.
-
-    Classified on the exception types and HTTP status first (yt-dlp wraps everything in
-    `DownloadError`, the cause is in `exc_info`), then on YouTube's message classes; anything
-    unknown is `failed` (transient: retried on the next run) with its message kept.
-    """
-    from yt_dlp.networking.exceptions import HTTPError, TransportError
-    from yt_dlp.utils import GeoRestrictedError, UnsupportedError
-
-    message = str(exc).strip()
-    if message.startswith("ERROR: "):
-        message = message[len("ERROR: "):]
-    chain = _cause_chain(exc)
-    for e in chain:
-        if isinstance(e, HTTPError):
-            status, reason = _http_reason(int(e.status))
-            return status, reason, message
-    for e in chain:
-        if isinstance(e, GeoRestrictedError):
-            return "missing", "geo", message
-        if isinstance(e, UnsupportedError):
-            return "missing", "unsupported", message
-    for e in chain:
-        if isinstance(e, (TransportError, TimeoutError, ConnectionError)):
-            return "failed", None, message
-    reason = classify_message(message)
-    if reason is not None:
-        return "missing", reason, message
-    return "failed", None, message
-
-
-# -- downloading ------------------------------------------------------------------------------------
+# -- yt-dlp instances ---------------------------------------------------------------------------------
 @dataclass
 class _CapturedLog:
-    """yt-dlp logger that keeps messages instead of printing them (they go into the ledger)."""
+    """yt-dlp logger that keeps warnings and errors (they go into the ledger) instead of printing them."""
 
     lines: list[str] = field(default_factory=list)
 
@@ -187,9 +176,100 @@ class _CapturedLog:
 
     def warning(self, msg: str) -> None:
         self.lines.append(msg)
+        del self.lines[:-20]  # a reused instance's log stays small
 
     def error(self, msg: str) -> None:
         self.lines.append(msg)
+        del self.lines[:-20]
+
+
+def _check_cookies_file(config: DownloadConfig) -> None:
+    if config.cookies_file and not Path(config.cookies_file).is_file():
+        raise AvsedError(f"download.cookies_file {config.cookies_file} does not exist: export cookies.txt "
+                         "(Netscape format) from a browser signed in to YouTube, or leave the setting empty")
+
+
+def youtubedl_options(config: DownloadConfig, log: _CapturedLog, progress_hook=None) -> dict:
+    """The YoutubeDL parameters every download and probe of this configuration share."""
+    opts = {
+        "format": config.format,
+        "format_sort": list(config.format_sort),
+        "logger": log,
+        "quiet": True,
+        "no_warnings": False,
+        "noprogress": True,
+        "noplaylist": True,
+        "retries": config.retries,
+        "fragment_retries": config.fragment_retries,
+        "extractor_retries": config.retries,
+        "socket_timeout": config.socket_timeout,
+        # ffmpeg (partial downloads) has no read timeout of its own: a host that stalls would hold it forever
+        "external_downloader_args": {"ffmpeg_i": ["-rw_timeout", str(int(config.socket_timeout * 1_000_000))]},
+        "ffmpeg_location": ffmpeg_exe(),
+        "cachedir": False,
+        "overwrites": True,  # a leftover from a crashed run is replaced, never appended to
+        "continuedl": False,
+        "nopart": False,
+        "noresizebuffer": True,
+        "updatetime": False,
+    }
+    if config.rate_limit:
+        opts["ratelimit"] = config.rate_limit
+    if config.cookies_file:
+        opts["cookiefile"] = str(config.cookies_file)
+    if config.proxy:
+        opts["proxy"] = config.proxy
+    if config.sleep_interval:
+        opts["sleep_interval"] = float(config.sleep_interval)
+        if config.max_sleep_interval:
+            opts["max_sleep_interval"] = float(config.max_sleep_interval)
+    if config.sleep_interval_requests:
+        opts["sleep_interval_requests"] = float(config.sleep_interval_requests)
+    if config.extractor_args:
+        opts["extractor_args"] = copy.deepcopy(config.extractor_args)
+    if progress_hook is not None:
+        opts["progress_hooks"] = [progress_hook]
+    return opts
+
+
+def _new_youtubedl(config: DownloadConfig, log: _CapturedLog, progress_hook=None):
+    import yt_dlp  # looked up at call time: tests count instances by replacing yt_dlp.YoutubeDL
+
+    _check_cookies_file(config)
+    return yt_dlp.YoutubeDL(youtubedl_options(config, log, progress_hook))
+
+
+# The loopback host's YouTube-shaped watch URLs (pipeline.serve) go to their own extractor.
+_LOOPBACK_WATCH = re.compile(r"^http://(?:127\.0\.0\.1|localhost):\d+/watch\?v=")
+
+
+@functools.lru_cache(maxsize=8)
+def _extractor_for(url_template: str):
+    """The extractor class yt-dlp picks for this template's URLs: the first enabled one that is suitable.
+
+    yt-dlp asks its ~1750 extractors in turn for every URL; YouTube's is 5th, but the generic one (direct links,
+    the loopback host) is last, and that scan cost ~45 ms of CPU per clip (measured on loopback, more than the
+    download). Found once per template, then named to `extract_info` (`ie_key`).
+    """
+    from yt_dlp.extractor import gen_extractor_classes
+
+    url = url_template.format(youtube_id="aaaaaaaaaaa")  # an 11-character id, as YouTube's
+    if _LOOPBACK_WATCH.match(url):
+        from pipeline.loopback_youtube import LoopbackYoutubeIE
+
+        return LoopbackYoutubeIE
+    return next((ie for ie in gen_extractor_classes() if getattr(ie, "_ENABLED", True) and ie.suitable(url)), None)
+
+
+def _extract(ydl, config: DownloadConfig, youtube_id: str, download: bool):
+    url = config.url(youtube_id)
+    ie = _extractor_for(config.url_template)
+    ie_key = None
+    if ie is not None and ie.suitable(url):  # otherwise (an odd id) yt-dlp chooses, as usual
+        ie_key = ie.ie_key()
+        if not getattr(ie, "_ENABLED", True):  # ours: not among yt-dlp's own, so added to this instance
+            ydl.add_info_extractor(ie())
+    return ydl.extract_info(url, download=download, ie_key=ie_key)
 
 
 def clip_stem(clip_id: str) -> str:
@@ -219,78 +299,58 @@ def clip_start_in(path: Path, segment: "YouTubeSegment") -> float:
     return float(segment.start) if Path(path).stem.endswith(WHOLE_MARK) else 0.0
 
 
-def _ydl_options(out_dir: Path, clip_id: str, segment: "YouTubeSegment", config: DownloadConfig,
-                 log: _CapturedLog) -> dict:
+def _aim(ydl, out_dir: Path, clip_id: str, segment: "YouTubeSegment", config: DownloadConfig) -> None:
+    """Point a (reused) YoutubeDL at one clip: its file name and, for a partial download, its time range.
+
+    yt-dlp reads these parameters per download (`outtmpl` when naming the file, `download_ranges` when
+    selecting formats, `force_keyframes_at_cuts` in its ffmpeg downloader), so one instance serves many clips.
+    """
     from yt_dlp.utils import download_range_func
 
-    opts = {
-        "outtmpl": {"default": str(Path(out_dir) / f"{clip_stem(clip_id)}{'' if config.partial else WHOLE_MARK}.%(ext)s")},
-        "format": config.format,
-        "format_sort": list(config.format_sort),
-        "logger": log,
-        "quiet": True,
-        "no_warnings": False,
-        "noprogress": True,
-        "noplaylist": True,
-        "retries": config.retries,
-        "fragment_retries": config.fragment_retries,
-        "extractor_retries": config.retries,
-        "socket_timeout": config.socket_timeout,
-        "ffmpeg_location": ffmpeg_exe(),
-        "cachedir": False,
-        "overwrites": True,  # a leftover from a crashed run is replaced, never appended to
-        "continuedl": False,
-        "nopart": False,
-        "noresizebuffer": True,
-        "updatetime": False,
-    }
-    if config.rate_limit:
-        opts["ratelimit"] = config.rate_limit
+    ydl.params["outtmpl"]["default"] = str(
+        Path(out_dir) / f"{clip_stem(clip_id)}{'' if config.partial else WHOLE_MARK}.%(ext)s")
     if config.partial:
-        opts["download_ranges"] = download_range_func(None, [(segment.start, segment.end)])
-        opts["force_keyframes_at_cuts"] = config.force_keyframes_at_cuts
-    return opts
+        ydl.params["download_ranges"] = download_range_func(None, [(segment.start, segment.end)])
+        ydl.params["force_keyframes_at_cuts"] = config.force_keyframes_at_cuts
+    else:
+        ydl.params.pop("download_ranges", None)  # absent, not None: yt-dlp calls it when present
 
 
-def download_clip(clip_id: str, segment: "YouTubeSegment | None", out_dir: str | Path,
-                  config: DownloadConfig = DownloadConfig()) -> DownloadResult:
-    """Download one clip's video into `out_dir`; never raises for per-clip errors.
-
-    Idempotent: an already complete file of this clip is reused without a request.
-    """
+def _immediate_result(clip_id: str, segment: "YouTubeSegment | None", out_dir: Path | None) -> DownloadResult | None:
+    """The result of a clip that needs no request: no YouTube id, or a complete file already there."""
     if segment is None:
-        return DownloadResult(clip_id, None, "missing", "no_youtube_id",
-                              NO_YOUTUBE_ID_MESSAGE, None)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    existing = find_video(out_dir, clip_id)
-    if existing is not None:
-        return DownloadResult(clip_id, segment.youtube_id, "available", None, "reused existing file", existing,
-                              clip_start_in(existing, segment))
-
-    result = _attempt(clip_id, segment, out_dir, config)
-    if (config.partial and config.fallback_whole and result.status == "failed"
-            and _FFMPEG_FAILED in result.message):
-        whole = _attempt(clip_id, segment, out_dir, replace(config, partial=False))
-        note = f"partial download failed ({result.message}); whole video: "
-        return replace(whole, message=note + (whole.message or "ok"))
-    return result
+        return DownloadResult(clip_id, None, "missing", "no_youtube_id", NO_YOUTUBE_ID_MESSAGE, None)
+    if out_dir is not None:
+        existing = find_video(out_dir, clip_id)
+        if existing is not None:
+            return DownloadResult(clip_id, segment.youtube_id, "available", None, "reused existing file", existing,
+                                  clip_start_in(existing, segment))
+    return None
 
 
 _FFMPEG_FAILED = "ffmpeg exited with code"
 
 
-def _attempt(clip_id: str, segment: "YouTubeSegment", out_dir: Path, config: DownloadConfig) -> DownloadResult:
-    import yt_dlp
+def _download_with(ydl, log: _CapturedLog, clip_id: str, segment: "YouTubeSegment", out_dir: Path,
+                   config: DownloadConfig, cancel: threading.Event | None = None) -> DownloadResult:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = _attempt(ydl, log, clip_id, segment, out_dir, config)
+    if (config.partial and config.fallback_whole and result.status == "failed"
+            and _FFMPEG_FAILED in result.message and not (cancel is not None and cancel.is_set())):
+        whole = _attempt(ydl, log, clip_id, segment, out_dir, replace(config, partial=False))
+        note = f"partial download failed ({result.message}); whole video: "
+        return replace(whole, message=note + (whole.message or "ok"))
+    return result
 
-    ensure_ffmpeg_on_path()
+
+def _attempt(ydl, log: _CapturedLog, clip_id: str, segment: "YouTubeSegment", out_dir: Path,
+             config: DownloadConfig) -> DownloadResult:
     clip_start = 0.0 if config.partial else float(segment.start)
-    log = _CapturedLog()
-    url = config.url(segment.youtube_id)
+    log.lines.clear()
+    _aim(ydl, out_dir, clip_id, segment, config)
     try:
-        with yt_dlp.YoutubeDL(_ydl_options(out_dir, clip_id, segment, config, log)) as ydl:
-            info = ydl.extract_info(url, download=True)
-            path = _downloaded_path(ydl, info, out_dir, clip_id)
+        info = _extract(ydl, config, segment.youtube_id, download=True)
+        path = _downloaded_path(info, out_dir, clip_id)
     except Exception as exc:  # noqa: BLE001 - per-clip boundary: every failure becomes a ledger outcome
         status, reason, message = classify_download_error(exc)
         return DownloadResult(clip_id, segment.youtube_id, status, reason, message, None, clip_start)
@@ -301,7 +361,7 @@ def _attempt(clip_id: str, segment: "YouTubeSegment", out_dir: Path, config: Dow
                           clip_start_in(path, segment))
 
 
-def _downloaded_path(ydl, info: dict | None, out_dir: Path, clip_id: str) -> Path | None:
+def _downloaded_path(info: dict | None, out_dir: Path, clip_id: str) -> Path | None:
     if info:
         for d in info.get("requested_downloads") or []:
             p = d.get("filepath")
@@ -310,93 +370,317 @@ def _downloaded_path(ydl, info: dict | None, out_dir: Path, clip_id: str) -> Pat
     return find_video(out_dir, clip_id)
 
 
-def download_clips(items: Iterable[tuple[str, "YouTubeSegment | None"]], out_dir: str | Path,
-                   config: DownloadConfig = DownloadConfig(), progress: bool = True) -> Iterator[DownloadResult]:
-    """Download many clips concurrently (`config.concurrency` threads); yields results as they complete.
-
-    Closing the iterator early cancels the downloads not yet started.
-    """
-    items = list(items)
-    if not items:
-        return
-    ensure_ffmpeg_on_path()  # once, before threads start
-    bar = tqdm(total=len(items), desc="download videos", unit="clip", disable=not progress)
-    counts = {"available": 0, "missing": 0, "failed": 0}
-    pool = ThreadPoolExecutor(max_workers=max(1, int(config.concurrency)), thread_name_prefix="avsed-download")
+def _probe_with(ydl, clip_id: str, segment: "YouTubeSegment", config: DownloadConfig) -> DownloadResult:
+    ydl.params.pop("download_ranges", None)
     try:
-        pending = {pool.submit(download_clip, cid, seg, out_dir, config) for cid, seg in items}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for fut in done:
-                result = fut.result()
-                counts[result.status] = counts.get(result.status, 0) + 1
-                bar.update(1)
-                bar.set_postfix(counts, refresh=False)
-                yield result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
+        _extract(ydl, config, segment.youtube_id, download=False)
+    except Exception as exc:  # noqa: BLE001 - per-clip boundary, as in a download
+        status, reason, message = classify_download_error(exc)
+        return DownloadResult(clip_id, segment.youtube_id, status, reason, message, None)
+    return DownloadResult(clip_id, segment.youtube_id, "available", None, "still available", None)
 
 
+# -- one clip, in the calling thread ------------------------------------------------------------------
+def download_clip(clip_id: str, segment: "YouTubeSegment | None", out_dir: str | Path,
+                  config: DownloadConfig = DownloadConfig()) -> DownloadResult:
+    """Download one clip's video into `out_dir` in this thread; never raises for per-clip errors.
 
-
-def _probe_options(config: DownloadConfig) -> dict:
-    return {"logger": _CapturedLog(), "quiet": True, "noprogress": True, "noplaylist": True, "cachedir": False,
-            "socket_timeout": config.socket_timeout, "extractor_retries": config.retries,
-            "format": config.format, "format_sort": list(config.format_sort)}
+    Idempotent: an already complete file of this clip is reused without a request. No per-clip deadline
+    and no circuit breaker here (they need a `DownloadSession`); yt-dlp's and ffmpeg's timeouts still apply.
+    """
+    out_dir = Path(out_dir)
+    done = _immediate_result(clip_id, segment, out_dir)
+    if done is not None:
+        return done
+    ensure_ffmpeg_on_path()
+    log = _CapturedLog()
+    with _new_youtubedl(config, log) as ydl:
+        return _download_with(ydl, log, clip_id, segment, out_dir, config)
 
 
 def probe_clip(clip_id: str, segment: "YouTubeSegment | None",
                config: DownloadConfig = DownloadConfig(), ydl=None) -> DownloadResult:
     """Ask whether a clip's video still exists, without downloading it (for clips whose features are cached).
 
-    Same error classes as `download_clip`; `path` is always None. `ydl`: a `yt_dlp.YoutubeDL` made with
-    `_probe_options` to reuse (see `probe_clips`); by default one is made for this call.
+    Same error classes as `download_clip`; `path` is always None. `ydl`: a YoutubeDL to reuse (made with
+    `youtubedl_options`); by default one is made for this call.
     """
-    import yt_dlp
+    done = _immediate_result(clip_id, segment, None)
+    if done is not None:
+        return done
+    if ydl is not None:
+        return _probe_with(ydl, clip_id, segment, config)
+    with _new_youtubedl(config, _CapturedLog()) as own:
+        return _probe_with(own, clip_id, segment, config)
 
-    if segment is None:
-        return DownloadResult(clip_id, None, "missing", "no_youtube_id",
-                              NO_YOUTUBE_ID_MESSAGE, None)
-    url = config.url(segment.youtube_id)
-    try:
-        if ydl is None:
-            with yt_dlp.YoutubeDL(_probe_options(config)) as own:
-                own.extract_info(url, download=False)
+
+# -- one run's downloads ------------------------------------------------------------------------------
+@dataclass(eq=False)
+class _Job:
+    kind: str  # "download" | "probe"
+    clip_id: str
+    segment: "YouTubeSegment"
+    future: Future
+    cancel: threading.Event = field(default_factory=threading.Event)  # set at the deadline
+    deadline: float = 0.0  # time.monotonic() by which it must be done, set when it starts
+    abandoned: bool = False  # past its deadline: its result is no longer wanted
+    resolved: bool = False  # its future has been (or is being) given a result
+
+
+@dataclass
+class _Worker:
+    """One worker thread's state: the job it runs (read by its progress hook and by `close`)."""
+
+    thread: threading.Thread | None = None
+    job: _Job | None = None
+
+
+class DownloadSession:
+    """One run's downloads and probes: one bounded pool, one circuit breaker, reused YoutubeDL instances.
+
+    `concurrency` worker threads (daemon threads, started at the first request) take clips in submission order;
+    each keeps one YoutubeDL for all its clips (making one costs ~75 ms of CPU, ten times a probe against a fast
+    host). `submit` / `probe` return a `Future[DownloadResult]` at once and never raise for a clip's errors.
+    A watchdog thread resolves a clip that has run for `clip_deadline_seconds` as `failed` / `deadline` and
+    asks its download to stop; its worker stays busy until yt-dlp's own timeouts end the attempt, so the
+    threads of a session never exceed `concurrency` + 1, however many clips stall. `close()` cancels the clips
+    not yet started and waits for those running (at most until their deadlines). Use it as a context manager.
+    """
+
+    def __init__(self, config: DownloadConfig = DownloadConfig(), out_dir: str | Path | None = None):
+        _check_cookies_file(config)  # once, before any thread: every clip would fail the same way
+        self.config = config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.breaker = CircuitBreaker(int(config.breaker_threshold))
+        self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self._workers: list[_Worker] = []
+        self._watchdog: threading.Thread | None = None
+        self._closed = False
+        self._stopped = False
+        self._cookie_lock = threading.Lock()  # YoutubeDL.close() writes the cookies file: one at a time
+
+    # -- the public side --------------------------------------------------------------------------------
+    def submit(self, clip_id: str, segment: "YouTubeSegment | None") -> "Future[DownloadResult]":
+        """Download one clip's range into `out_dir`; the future's result is the clip's outcome."""
+        if self.out_dir is None:
+            raise ValueError("DownloadSession(config, out_dir) needs out_dir to download; it can only probe")
+        return self._enqueue("download", clip_id, segment, _immediate_result(clip_id, segment, self.out_dir))
+
+    def probe(self, clip_id: str, segment: "YouTubeSegment | None") -> "Future[DownloadResult]":
+        """Ask whether a clip's video still exists, without downloading it."""
+        return self._enqueue("probe", clip_id, segment, _immediate_result(clip_id, segment, None))
+
+    def close(self) -> None:
+        """Cancel what has not started, wait for what runs (until done or past its deadline), end the threads."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.future.cancel()
+        for _ in self._workers:
+            self._queue.put(None)
+        with self._cond:
+            # A worker still on an abandoned clip ends when yt-dlp gives up; nobody waits for that.
+            while any(w.thread.is_alive() and not (w.job is not None and w.job.abandoned) for w in self._workers):
+                self._cond.wait(0.5)
+            self._stopped = True
+            self._cond.notify_all()
+        if self._watchdog is not None:
+            self._watchdog.join(timeout=5)
+
+    def __enter__(self) -> "DownloadSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- the pool ---------------------------------------------------------------------------------------
+    def _enqueue(self, kind: str, clip_id: str, segment, immediate: DownloadResult | None) -> Future:
+        future: Future = Future()
+        if immediate is not None:
+            future.set_result(immediate)
+            return future
+        job = _Job(kind, clip_id, segment, future)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("DownloadSession is closed")
+            if self.breaker.is_open:
+                immediate = self._not_attempted(job)
+            else:
+                self._start_threads()
+                self._queue.put(job)
+        if immediate is not None:
+            future.set_result(immediate)
+        return future
+
+    def _start_threads(self) -> None:
+        if self._workers:
+            return
+        ensure_ffmpeg_on_path()  # once, in the caller's thread, before any worker (they only read PATH)
+        for i in range(int(self.config.concurrency)):
+            worker = _Worker()
+            worker.thread = threading.Thread(target=self._work, args=(worker,), name=f"avsed-download-{i}",
+                                             daemon=True)  # daemon: a clip stuck in a read never blocks exit
+            self._workers.append(worker)
+            worker.thread.start()
+        self._watchdog = threading.Thread(target=self._watch, name="avsed-download-deadlines", daemon=True)
+        self._watchdog.start()
+
+    def _not_attempted(self, job: _Job) -> DownloadResult:
+        return DownloadResult(job.clip_id, job.segment.youtube_id, "not_attempted", self.breaker.tripped_by,
+                              self.breaker.message, None)
+
+    def _work(self, worker: _Worker) -> None:
+        log = _CapturedLog()
+        ydl = None
+
+        def stop_at_deadline(progress: dict) -> None:  # a progress hook: called for every block received
+            job = worker.job
+            if job is not None and job.cancel.is_set():
+                from yt_dlp.utils import DownloadCancelled
+
+                raise DownloadCancelled(f"clip {job.clip_id}: past its deadline")
+
+        try:
+            while True:
+                job = self._queue.get()
+                if job is None:
+                    return
+                if not job.future.set_running_or_notify_cancel():
+                    continue  # cancelled while it waited
+                if self.breaker.is_open:
+                    self._resolve(job, self._not_attempted(job))
+                    continue
+                with self._cond:
+                    job.deadline = time.monotonic() + float(self.config.clip_deadline_seconds)
+                    worker.job = job
+                    self._cond.notify_all()  # the watchdog learns the new deadline
+                try:
+                    if ydl is None:
+                        ydl = _new_youtubedl(self.config, log, stop_at_deadline)
+                    if job.kind == "probe":
+                        result = _probe_with(ydl, job.clip_id, job.segment, self.config)
+                    else:
+                        assert self.out_dir is not None
+                        result = _download_with(ydl, log, job.clip_id, job.segment, self.out_dir, self.config,
+                                                job.cancel)  # past its deadline, a failed cut is not retried whole
+                except BaseException as exc:  # a bug, not a clip's problem: the caller sees it with its traceback
+                    self._finish(worker, job, exc=exc)
+                    ydl = self._discard(ydl)
+                    continue
+                self.breaker.record(result.status, result.reason)
+                if self._finish(worker, job, result=result):
+                    ydl = self._discard(ydl)  # it was interrupted mid-download: start the next clip afresh
+        finally:
+            self._discard(ydl)
+            with self._cond:
+                worker.job = None
+                self._cond.notify_all()
+
+    def _discard(self, ydl) -> None:
+        """Close a worker's YoutubeDL (which writes the cookies file back); a failure there must not end the
+        worker, or the clips still queued would wait forever."""
+        if ydl is not None:
+            with self._cookie_lock:
+                try:
+                    ydl.close()
+                except Exception as exc:  # noqa: BLE001 - reported, and the worker goes on
+                    warnings.warn(f"closing yt-dlp failed ({exc}); if download.cookies_file is set, its refreshed "
+                                  f"cookies were not written back", RuntimeWarning, stacklevel=2)
+        return None
+
+    def _finish(self, worker: _Worker, job: _Job, result: DownloadResult | None = None,
+                exc: BaseException | None = None) -> bool:
+        """Hand a finished job's outcome to its future unless the deadline already did; True if it had."""
+        with self._cond:
+            worker.job = None
+            abandoned = job.abandoned
+            self._cond.notify_all()
+        if not abandoned:
+            self._resolve(job, result, exc)
+        return abandoned
+
+    def _resolve(self, job: _Job, result: DownloadResult | None, exc: BaseException | None = None) -> None:
+        with self._cond:
+            if job.resolved:
+                return
+            job.resolved = True
+        # outside the lock: the future's callbacks may submit more work
+        if exc is not None:
+            job.future.set_exception(exc)
         else:
-            ydl.extract_info(url, download=False)
-    except Exception as exc:  # noqa: BLE001 - per-clip boundary, as in download_clip
-        status, reason, message = classify_download_error(exc)
-        return DownloadResult(clip_id, segment.youtube_id, status, reason, message, None)
-    return DownloadResult(clip_id, segment.youtube_id, "available", None, "still available", None)
+            job.future.set_result(result)
+
+    def _watch(self) -> None:
+        """Resolve every running clip that passes its deadline as failed, and ask its download to stop."""
+        while True:
+            expired: list[_Job] = []
+            with self._cond:
+                if self._stopped:
+                    return
+                now = time.monotonic()
+                running = [w.job for w in self._workers if w.job is not None and not w.job.abandoned]
+                for job in running:
+                    if job.deadline <= now:
+                        job.abandoned = True
+                        job.cancel.set()
+                        expired.append(job)
+                if not expired:
+                    waits = [job.deadline - now for job in running]
+                    self._cond.wait(min(waits) if waits else None)
+                    continue
+                self._cond.notify_all()  # close() may be waiting for these
+            for job in expired:
+                seconds = float(self.config.clip_deadline_seconds)
+                self._resolve(job, DownloadResult(
+                    job.clip_id, job.segment.youtube_id, "failed", "deadline",
+                    f"clip {job.clip_id}: the {'probe' if job.kind == 'probe' else 'download'} stalled: no result "
+                    f"within {seconds:g} s (download.clip_deadline_seconds); it is retried on the next run",
+                    None, 0.0 if self.config.partial else float(job.segment.start)))
+
+
+# -- many clips ---------------------------------------------------------------------------------------
+def download_clips(items: Iterable[tuple[str, "YouTubeSegment | None"]], out_dir: str | Path,
+                   config: DownloadConfig = DownloadConfig(), progress: bool = True) -> Iterator[DownloadResult]:
+    """Download many clips through one `DownloadSession`; yields results as they complete.
+
+    Results include `not_attempted` ones once the circuit breaker opens (not for the ledger). Closing the
+    iterator early cancels the downloads not yet started.
+    """
+    items = list(items)
+    if not items:
+        return
+    bar = tqdm(total=len(items), desc="download videos", unit="clip", disable=not progress)
+    counts = {s: 0 for s in RESULT_STATUSES}
+    try:
+        with DownloadSession(config, out_dir) as session:
+            futures = [session.submit(cid, seg) for cid, seg in items]
+            for fut in as_completed(futures):
+                result = fut.result()
+                counts[result.status] = counts.get(result.status, 0) + 1
+                bar.update(1)
+                bar.set_postfix(counts, refresh=False)
+                yield result
+    finally:
+        bar.close()
 
 
 def probe_clips(clips: "list[tuple[str, YouTubeSegment | None]]", config: DownloadConfig = DownloadConfig(),
                 progress: bool = False) -> list[DownloadResult]:
-    """`probe_clip` for many clips, `config.concurrency` at a time, in input order.
+    """`probe_clip` for many clips through one `DownloadSession`, in input order.
 
-    Each worker thread reuses one YoutubeDL: making one costs about 75 ms of CPU, ten times a check against
-    a fast host (measured on loopback: 83 ms per probe with a new instance, 8 ms reusing one), which made
-    re-checking the demo's 326 cached videos take 27 s, and would take half an hour for all of DESED.
+    Each worker reuses one YoutubeDL: measured on loopback, 83 ms per probe with a new instance and 8 ms
+    reusing one; re-checking the demo's 326 cached videos took 27 s before, and all of DESED would take half
+    an hour of CPU.
     """
-    import yt_dlp
-
-    local = threading.local()
-    made: list = []
-    lock = threading.Lock()
-
-    def check(item: "tuple[str, YouTubeSegment | None]") -> DownloadResult:
-        ydl = getattr(local, "ydl", None)
-        if ydl is None:
-            ydl = local.ydl = yt_dlp.YoutubeDL(_probe_options(config))
-            with lock:
-                made.append(ydl)
-        return probe_clip(item[0], item[1], config, ydl)
-
-    try:
-        with ThreadPoolExecutor(max_workers=max(1, config.concurrency)) as pool:
-            return list(tqdm(pool.map(check, clips), total=len(clips), desc="re-check videos", unit="clip",
-                             disable=not progress))
-    finally:
-        for ydl in made:
-            ydl.close()
+    with DownloadSession(config) as session:
+        futures = [session.probe(cid, seg) for cid, seg in clips]
+        return [f.result() for f in tqdm(futures, total=len(futures), desc="re-check videos", unit="clip",
+                                         disable=not progress)]

@@ -1,6 +1,6 @@
 """Downloads with the real yt-dlp against the loopback server (never leaves 127.0.0.1): range cuts,
 ledger outcomes for 404 / 410 / refused / HTML, reuse of complete files, concurrency, and the
-classification of YouTube's own error messages."""
+classification of yt-dlp's exception types (YouTube's messages: test_download_classify.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from yt_dlp.networking import Response
 from yt_dlp.networking.exceptions import HTTPError, TransportError
 from yt_dlp.utils import DownloadError, ExtractorError, GeoRestrictedError, UnsupportedError
 
-from pipeline.download import DownloadConfig, classify_download_error, classify_message, download_clip, download_clips
+from pipeline.download import DownloadConfig, classify_download_error, download_clip, download_clips
 from pipeline.ffmpeg_bin import ensure_ffmpeg_on_path
 from pipeline.frames import VideoError, decode_frames
 from pipeline.labels import ClipTiming
@@ -184,7 +184,8 @@ def _http(status: int) -> HTTPError:
 
 @pytest.mark.parametrize("status,expected", [(404, ("missing", "not_found")), (410, ("missing", "removed")),
                                              (451, ("missing", "copyright")), (403, ("failed", None)),
-                                             (429, ("failed", None)), (500, ("failed", None)), (503, ("failed", None))])
+                                             (429, ("failed", "rate_limited")), (500, ("failed", None)),
+                                             (503, ("failed", None))])
 def test_http_status_classes(status, expected):
     got = classify_download_error(_wrapped(ExtractorError("Unable to download webpage", cause=_http(status))))
     assert got[:2] == expected and "Unable to download webpage" in got[2] and not got[2].startswith("ERROR")
@@ -197,39 +198,7 @@ def test_exception_types():
     assert classify_download_error(RuntimeError("something odd"))[:2] == ("failed", None)
 
 
-# Messages as YouTube's player answers them (yt-dlp raises them as ExtractorError with expected=True).
-YOUTUBE_MESSAGES = [
-    ("[youtube] abc: Video unavailable", "removed"),
-    ("[youtube] abc: Video unavailable. This video has been removed by the uploader", "removed"),
-    ("[youtube] abc: Video unavailable. This video is no longer available because the YouTube account "
-     "associated with this video has been terminated.", "terminated"),
-    ("[youtube] abc: Video unavailable. This video is no longer available because the uploader has closed "
-     "their YouTube account.", "terminated"),
-    ("[youtube] abc: Video unavailable. This video is no longer available due to a copyright claim by X", "copyright"),
-    ("[youtube] abc: Video unavailable. This video contains content from X, who has blocked it on copyright "
-     "grounds.", "copyright"),
-    ("[youtube] abc: Video unavailable. This video has been removed for violating YouTube's Community "
-     "Guidelines", "removed"),
-    ("[youtube] abc: Video unavailable. This video has been removed for violating YouTube's Terms of Service",
-     "removed"),
-    ("[youtube] abc: Private video. Sign in if you've been granted access to this video", "private"),
-    ("[youtube] abc: Join this channel to get access to members-only content like this video", "private"),
-    ("[youtube] abc: Sign in to confirm your age. This video may be inappropriate for some users.", "age"),
-    ("[youtube] abc: The uploader has not made this video available in your country", "geo"),
-    ("[youtube] abc: Video unavailable. The uploader has not made this video available in your country", "geo"),
-    ("[youtube] abc: Sign in to confirm you're not a bot. Use --cookies-from-browser", None),
-    ("[youtube] abc: This content isn't available, try again later.", None),
-    ("[youtube] abc: This live event will begin in 3 hours.", None),
-    ("[youtube] abc: Some message nobody has seen before", None),
-]
-
-
-@pytest.mark.parametrize("message,reason", YOUTUBE_MESSAGES)
-def test_youtube_message_classes(message, reason):
-    assert classify_message(message) == reason
-    status, got, kept = classify_download_error(_wrapped(ExtractorError(message, expected=True)))
-    assert (status, got) == (("missing", reason) if reason else ("failed", None))
-    assert message in kept
+# YouTube's own messages are classified in test_download_classify.py (real strings, through yt-dlp).
 
 
 def _fmt(fid, height, vcodec, acodec):

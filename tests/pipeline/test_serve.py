@@ -1,8 +1,10 @@
-"""The loopback video server: files, 404 / removed, Range requests, HTML sniffing, no path traversal."""
+"""The loopback video server: files, 404 / removed, Range requests, HTML sniffing, no path traversal, scripted
+answers (answers.json) that persist across restarts, YouTube-like player responses, request counts."""
 
 from __future__ import annotations
 
 import http.client
+import json
 import socket
 
 import pytest
@@ -142,3 +144,142 @@ def test_process_server_stops_itself_when_its_parent_is_killed(tmp_path):
     else:
         os.kill(child, signal.SIGKILL)
         pytest.fail("the server process outlived its killed parent by 15 s")
+
+
+# -- scripted answers (answers.json) and request counts -----------------------------------------------
+def _script(root, answers: dict) -> None:
+    (root / "answers.json").write_text(json.dumps(answers))
+
+
+def _player(server, video_id):
+    resp, body = _get(server, f"/youtubei/v1/player?videoId={video_id}")
+    return resp, (json.loads(body) if resp.status == 200 else None)
+
+
+def test_scripted_answers_are_consumed_one_per_request_and_the_last_repeats(served):
+    server, data = served
+    _script(server.directory, {"abcdefghijk": [{"status": 503}, {"status": 429}, {"status": 200}],
+                               "gonegonegon": [{"status": 200}]})
+    statuses = [_get(server, "/abcdefghijk.mp4")[0].status for _ in range(5)]
+    assert statuses == [503, 429, 200, 200, 200]
+    assert _get(server, "/abcdefghijk.mp4")[1] == data
+    # {"status": 200} means "as usual": a video on the removed list still answers the removed status
+    assert _get(server, "/gonegonegon.mp4")[0].status == 410
+    # ids without a script are untouched, and requests are counted per id
+    assert _get(server, "/-startsdash.mp4")[0].status == 200
+    assert server.requests("abcdefghijk") == 6 and server.requests("gonegonegon") == 1
+    assert server.requests() == {"abcdefghijk": 6, "gonegonegon": 1, "-startsdash": 1}
+    assert json.loads((server.directory / "answers.state.json").read_text()) == {"abcdefghijk": 6, "gonegonegon": 1}
+
+
+@pytest.mark.parametrize("kind", [VideoServer, VideoServerProcess], ids=["thread", "process"])
+def test_consumption_continues_after_a_restart(tmp_path, kind):
+    root = tmp_path / "videos"
+    root.mkdir()
+    (root / "abcdefghijk.mp4").write_bytes(b"x" * 100)
+    _script(root, {"abcdefghijk": [{"status": 503}, {"status": 500}, {"status": 200}]})
+    with kind(root) as first:
+        assert _get(first, "/abcdefghijk.mp4")[0].status == 503
+    with kind(root) as second:  # "fails once, works on the next run" holds across servers
+        assert [_get(second, "/abcdefghijk.mp4")[0].status for _ in range(2)] == [500, 200]
+        assert second.requests("abcdefghijk") == 2  # counts are per server; consumption is per directory
+    (root / "answers.state.json").unlink()  # starts the scripts over
+    with kind(root) as third:
+        assert _get(third, "/abcdefghijk.mp4")[0].status == 503
+
+
+def test_stall_after_bytes_sends_that_many_bytes_then_nothing(served):
+    server, data = served
+    _script(server.directory, {"abcdefghijk": [{"stall_after_bytes": 1000}]})
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET /abcdefghijk.mp4 HTTP/1.1\r\nHost: x\r\n\r\n")
+        received = b""
+        while b"\r\n\r\n" not in received or len(received.split(b"\r\n\r\n", 1)[1]) < 1000:
+            received += sock.recv(65536)
+        head, body = received.split(b"\r\n\r\n", 1)
+        assert b"200 OK" in head and f"Content-Length: {len(data)}".encode() in head  # it promises everything
+        assert body == data[:1000]
+        sock.settimeout(1.5)
+        with pytest.raises(socket.timeout):  # ... and then sends nothing, with the connection open
+            sock.recv(1)
+    # a Range request stalls the same way, counted from the range's start
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET /abcdefghijk.mp4 HTTP/1.1\r\nHost: x\r\nRange: bytes=5000-\r\n\r\n")
+        received = b""
+        while b"\r\n\r\n" not in received or len(received.split(b"\r\n\r\n", 1)[1]) < 1000:
+            received += sock.recv(65536)
+        assert received.split(b"\r\n\r\n", 1)[1] == data[5000:6000]
+        sock.settimeout(1.5)
+        with pytest.raises(socket.timeout):
+            sock.recv(1)
+
+
+def test_stopping_the_server_ends_a_stalled_answer(tmp_path):
+    root = tmp_path / "videos"
+    root.mkdir()
+    (root / "abcdefghijk.mp4").write_bytes(b"x" * 5000)
+    _script(root, {"abcdefghijk": [{"stall_after_bytes": 10}]})
+    server = VideoServer(root).start()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    sock.sendall(b"GET /abcdefghijk.mp4 HTTP/1.1\r\nHost: x\r\n\r\n")
+    received = b""
+    while not received.endswith(b"x" * 10):
+        received += sock.recv(65536)
+    server.stop()
+    sock.settimeout(30)  # generous: the handler notices the stop within a fraction of a second
+    assert sock.recv(1) == b""  # closed by the server, not left hanging
+    sock.close()
+
+
+def test_player_responses_like_youtube(served):
+    server, _ = served
+    resp, ok = _player(server, "abcdefghijk")
+    assert resp.getheader("Content-Type") == "application/json"
+    assert ok["playabilityStatus"]["status"] == "OK"
+    assert ok["streamingData"]["formats"][0]["url"] == f"http://127.0.0.1:{server.port}/abcdefghijk.mp4"
+    assert _player(server, "nonexistent")[1]["playabilityStatus"]["reason"] == "Video unavailable"
+    removed = _player(server, "gonegonegon")[1]["playabilityStatus"]["errorScreen"]["playerErrorMessageRenderer"]
+    assert removed["subreason"]["simpleText"] == "This video has been removed by the uploader"
+    age = {"status": "LOGIN_REQUIRED", "reason": "Sign in to confirm your age"}
+    _script(server.directory, {"abcdefghijk": [{"bot_check": True}, {"playability": age}, {"status": 429}],
+                               "-startsdash": [{"bot_check": True}]})
+    bot = _player(server, "abcdefghijk")[1]["playabilityStatus"]
+    assert (bot["status"], bot["reason"]) == ("LOGIN_REQUIRED", "Sign in to confirm you\u2019re not a bot")
+    assert _player(server, "abcdefghijk")[1] == {"playabilityStatus": age}  # verbatim
+    assert _player(server, "abcdefghijk")[0].status == 429
+    # a direct video request under a bot check is refused as YouTube's video host refuses flagged clients
+    assert _get(server, "/-startsdash.mp4")[0].status == 403
+    assert server.requests("abcdefghijk") == 4 and server.requests("-startsdash") == 1
+
+
+def test_request_log_keeps_cookies_and_ranges_and_max_in_flight(served):
+    server, _ = served
+    _get(server, "/abcdefghijk.mp4", {"Cookie": "session=abc", "Range": "bytes=0-9"})
+    _get(server, "/abcdefghijk.mp4", method="HEAD")
+    log = server.request_log()
+    assert [(e["id"], e["method"], e["range"], e["cookie"]) for e in log] == [
+        ("abcdefghijk", "GET", "bytes=0-9", "session=abc"), ("abcdefghijk", "HEAD", None, None)]
+    assert server.max_in_flight == 1
+    # three requests held open at once by a delay: the server saw three in flight
+    _script(server.directory, {"-startsdash": [{"delay_seconds": 1.0}]})
+    import threading
+
+    threads = [threading.Thread(target=_get, args=(server, "/-startsdash.mp4")) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert server.max_in_flight == 3
+
+
+def test_malformed_answers_are_refused_at_start_with_the_file_and_the_cause(tmp_path):
+    root = tmp_path / "videos"
+    root.mkdir()
+    (root / "answers.json").write_text(json.dumps({"abcdefghijk": [{"stauts": 503}]}))
+    with pytest.raises(ValueError, match=r"answers\.json: answer .* of abcdefghijk has unknown keys \['stauts'\]"):
+        VideoServer(root).start()
+    with pytest.raises(RuntimeError, match="exited at start-up.*unknown keys"):
+        VideoServerProcess(root).start()
+    (root / "answers.json").write_text(json.dumps({"abcdefghijk": []}))
+    with pytest.raises(ValueError, match="non-empty list"):
+        VideoServer(root).start()
