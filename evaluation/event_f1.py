@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from evaluation.postprocess import frame_runs
+from evaluation.postprocess import Runs, frame_runs
 from pipeline.classes import class_index
 from pipeline.labels import ClipTiming, Event
 
@@ -76,18 +76,29 @@ def event_counts(binary: np.ndarray, reference: EventReference, timing: ClipTimi
     """(..., C, 3) TP/FP/FN per class for a (..., n, frames, C) binary frame array."""
     binary = np.asarray(binary, dtype=bool)
     lead = binary.shape[:-3]
-    n, _, n_classes = binary.shape[-3:]
     n_lead = int(np.prod(lead)) if lead else 1
-    runs = frame_runs(binary)
+    counts = event_counts_from_runs(frame_runs(binary), n_lead, reference, timing, config)
+    return counts.reshape(lead + (binary.shape[-1], 3))
+
+
+def event_counts_from_runs(runs: Runs, n_lead: int, reference: EventReference, timing: ClipTiming,
+                           config: EventF1Config = EventF1Config()) -> np.ndarray:
+    """(n_lead, C, 3) TP/FP/FN per class of the runs of a (n_lead, n, frames, C) binary array."""
+    n, n_classes = reference.valid.shape[:2]
     bounds = timing.frame_to_time(np.arange(timing.output_frames + 1))
-    on, off = bounds[runs.start], bounds[runs.stop]
-    r_on = reference.onset[runs.clip, runs.cls]
+    # only runs in a (clip, class) with references can match (slot 0 is filled first): the pairwise test
+    # runs on those, and only runs with at least one compatible reference take part in the matching
+    cand = np.flatnonzero(reference.valid[runs.clip, runs.cls, 0])
+    clip, cls = runs.clip[cand], runs.cls[cand]
+    on, off = bounds[runs.start[cand]], bounds[runs.stop[cand]]
     compat = (
-        reference.valid[runs.clip, runs.cls]
-        & (np.abs(r_on - on[:, None]) <= config.t_collar)
-        & (np.abs(reference.offset[runs.clip, runs.cls] - off[:, None]) <= reference.offset_collar[runs.clip, runs.cls])
+        reference.valid[clip, cls]
+        & (np.abs(reference.onset[clip, cls] - on[:, None]) <= config.t_collar)
+        & (np.abs(reference.offset[clip, cls] - off[:, None]) <= reference.offset_collar[clip, cls])
     )
-    key = (runs.lead * n + runs.clip) * n_classes + runs.cls  # runs are sorted by this key
+    matched = compat.any(axis=1)
+    cand, compat = cand[matched], compat[matched]
+    key = (runs.lead[cand] * n + runs.clip[cand]) * n_classes + runs.cls[cand]  # runs are sorted by this key
     tp = np.zeros(n_lead * n_classes, dtype=np.int64)
     if len(key):
         first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
@@ -106,4 +117,4 @@ def event_counts(binary: np.ndarray, reference: EventReference, timing: ClipTimi
     n_sys = np.bincount(runs.lead * n_classes + runs.cls, minlength=n_lead * n_classes)
     n_ref = np.broadcast_to(reference.n_ref(), (n_lead, n_classes)).reshape(-1)
     out = np.stack([tp, n_sys - tp, n_ref - tp], axis=-1)
-    return out.reshape(lead + (n_classes, 3))
+    return out.reshape(n_lead, n_classes, 3)

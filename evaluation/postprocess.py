@@ -64,16 +64,29 @@ class Runs:
         return len(self.start)
 
 
-def frame_runs(binary: np.ndarray) -> Runs:
-    """All runs of a (..., clips, frames, classes) boolean array, ordered by lead, clip, class, start."""
+def frame_runs(binary: np.ndarray, time_axis: int = -2) -> Runs:
+    """All runs of a (..., clips, frames, classes) boolean array, ordered by lead, clip, class, start.
+
+    `time_axis=-1` takes a (..., clips, classes, frames) array instead, which saves a transposed copy.
+    """
     binary = np.asarray(binary, dtype=bool)
-    n, frames, n_classes = binary.shape[-3:]
-    b = binary.reshape((-1, n, frames, n_classes)).transpose(0, 1, 3, 2)  # (L, n, C, T)
-    padded = np.zeros(b.shape[:-1] + (frames + 2,), dtype=np.int8)
+    if time_axis == -2:
+        n, frames, n_classes = binary.shape[-3:]
+        b = binary.reshape((-1, n, frames, n_classes)).transpose(0, 1, 3, 2)  # (L, n, C, T)
+    elif time_axis == -1:
+        n, n_classes, frames = binary.shape[-3:]
+        b = binary.reshape((-1, n, n_classes, frames))
+    else:
+        raise ValueError(f"time_axis must be -2 (clips, frames, classes) or -1 (clips, classes, frames), got {time_axis}")
+    padded = np.zeros(b.shape[:-1] + (frames + 2,), dtype=bool)
     padded[..., 1:-1] = b
-    change = np.diff(padded, axis=-1)
-    lead, clip, cls, start = np.nonzero(change == 1)
-    *_, stop = np.nonzero(change == -1)  # same order: each run's stop follows its start
+    # one flat search for value changes: within a row they alternate start, stop, start, ... and no run
+    # crosses a row (both ends are padded), so even positions are starts and odd ones stops
+    change = np.flatnonzero(padded[..., 1:] != padded[..., :-1])
+    row, start = np.divmod(change[0::2], frames + 1)
+    stop = change[1::2] - row * (frames + 1)
+    lead, rest = np.divmod(row, n * n_classes)
+    clip, cls = np.divmod(rest, n_classes)
     return Runs(lead=lead, clip=clip, cls=cls, start=start, stop=stop)
 
 

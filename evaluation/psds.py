@@ -58,9 +58,14 @@ class PSDSResult:
 
 @dataclass(frozen=True)
 class _GroundTruth:
-    onset: np.ndarray  # (n, G)
-    offset: np.ndarray
-    label: np.ndarray  # (n, G) class index, -1 for padding
+    """The events of all clips as flat arrays, ordered by clip (events of clip i: first[i] .. first[i] + count[i])."""
+
+    clip: np.ndarray  # (E,)
+    onset: np.ndarray  # (E,)
+    offset: np.ndarray  # (E,)
+    label: np.ndarray  # (E,) class index
+    first: np.ndarray  # (n,) index of each clip's first event
+    count: np.ndarray  # (n,) number of events of each clip
     n_gt: np.ndarray  # (C,)
     gt_seconds: np.ndarray  # (C,) total ground-truth duration per class
     total_seconds: float
@@ -71,28 +76,28 @@ def _ground_truth(events: list[list[Event]], durations: np.ndarray, classes: tup
                   bounds: np.ndarray) -> _GroundTruth:
     n, n_classes = len(events), len(classes)
     kept = [[ev for ev in evs if ev.offset > ev.onset] for evs in events]  # psds_eval drops zero-length events
-    width = max([1] + [len(k) for k in kept])
-    onset, offset = np.zeros((n, width)), np.zeros((n, width))
-    label = np.full((n, width), -1, dtype=np.int64)
-    for i, evs in enumerate(kept):
-        for g, ev in enumerate(evs):
-            onset[i, g], offset[i, g], label[i, g] = ev.onset, ev.offset, class_index(ev.label, classes)
-    valid = label >= 0
-    n_gt = np.bincount(label[valid], minlength=n_classes)
-    gt_seconds = np.bincount(label[valid], weights=(offset - onset)[valid], minlength=n_classes)
+    count = np.array([len(k) for k in kept], dtype=np.int64)
+    flat = [ev for k in kept for ev in k]
+    clip = np.repeat(np.arange(n), count)
+    onset = np.array([ev.onset for ev in flat], dtype=np.float64)
+    offset = np.array([ev.offset for ev in flat], dtype=np.float64)
+    label = np.array([class_index(ev.label, classes) for ev in flat], dtype=np.int64)
+    n_gt = np.bincount(label, minlength=n_classes)
+    gt_seconds = np.bincount(label, weights=offset - onset, minlength=n_classes)
     # strict overlap, as psds_eval's intersection test
-    touch = (bounds[None, :-1, None] < offset[:, None, :]) & (onset[:, None, :] < bounds[None, 1:, None])
-    frame_touch = np.any(touch & valid[:, None, :], axis=-1)
-    return _GroundTruth(onset, offset, label, n_gt, gt_seconds, float(np.sum(durations)), frame_touch)
+    frame_touch = np.zeros((n, len(bounds) - 1), dtype=bool)
+    touch = (bounds[None, :-1] < offset[:, None]) & (onset[:, None] < bounds[None, 1:])  # (E, frames)
+    np.logical_or.at(frame_touch, clip, touch)
+    return _GroundTruth(clip, onset, offset, label, np.cumsum(count) - count, count, n_gt, gt_seconds,
+                        float(np.sum(durations)), frame_touch)
 
 
 def _rates_chunk(binary: np.ndarray, gt: _GroundTruth, durations: np.ndarray, bounds: np.ndarray,
                  scenarios: tuple[PSDSScenario, ...], unit_seconds: float) -> dict[str, tuple]:
-    """TPR (L, C), FPR (L, C), CTR (L, C, C) per scenario for (L, n, frames, C) binary detections."""
-    n_lead = binary.shape[0]
-    n, n_classes = binary.shape[1], binary.shape[3]
-    width = gt.onset.shape[1]
-    all_runs = frame_runs(binary)
+    """TPR (L, C), FPR (L, C), CTR (L, C, C) per scenario for (L, n, C, frames) binary detections."""
+    n_lead, n, n_classes = binary.shape[:3]
+    n_events = len(gt.label)
+    all_runs = frame_runs(binary, time_axis=-1)
     all_on, all_off = bounds[all_runs.start], bounds[all_runs.stop]
     all_in_world = (all_on < durations[all_runs.clip]) & (all_off > 0)
     all_lead_cls = all_runs.lead * n_classes + all_runs.cls
@@ -103,15 +108,20 @@ def _rates_chunk(binary: np.ndarray, gt: _GroundTruth, durations: np.ndarray, bo
     runs_clip, runs_cls, runs_lead = all_runs.clip[touching], all_runs.cls[touching], all_runs.lead[touching]
     on, off = all_on[touching], all_off[touching]
     dur = off - on
-    g_on, g_off, g_lab = gt.onset[runs_clip], gt.offset[runs_clip], gt.label[runs_clip]
-    inter = np.minimum(off[:, None], g_off) - np.maximum(on[:, None], g_on)
-    inter = np.where((inter > 0) & (g_lab >= 0), inter, 0.0)
-    same = g_lab == runs_cls[:, None]
-    precision = inter / dur[:, None]
-    dtc_sum = np.sum(np.where(same, precision, 0.0), axis=1)
-    touches_same = np.any(same & (inter > 0), axis=1)
-    gt_dur = g_off - g_on
-    flat_gt = ((runs_lead[:, None] * n + runs_clip[:, None]) * width + np.arange(width)[None, :])
+    n_runs = len(on)
+    # (detection, event of its clip) pairs, kept where they intersect: all later sums run over these only
+    per_run = gt.count[runs_clip]
+    pair_run = np.repeat(np.arange(n_runs), per_run)
+    pair_ev = np.repeat(gt.first[runs_clip] - (np.cumsum(per_run) - per_run), per_run) + np.arange(len(pair_run))
+    inter = np.minimum(off[pair_run], gt.offset[pair_ev]) - np.maximum(on[pair_run], gt.onset[pair_ev])
+    hit = inter > 0
+    pair_run, pair_ev, inter = pair_run[hit], pair_ev[hit], inter[hit]
+    pair_label = gt.label[pair_ev]
+    same = pair_label == runs_cls[pair_run]
+    precision = inter / dur[pair_run]
+    dtc_sum = np.bincount(pair_run, weights=np.where(same, precision, 0.0), minlength=n_runs)
+    touches_same = np.bincount(pair_run[same], minlength=n_runs) > 0
+    coverage_of_pair = inter / (gt.offset - gt.onset)[pair_ev]
     lead_cls = runs_lead * n_classes + runs_cls
     # detections touching no event fail the DTC: false positives when inside the clip (psds_eval's WORLD)
     fp_untouched = np.bincount(all_lead_cls[~touching & all_in_world], minlength=n_lead * n_classes)
@@ -119,13 +129,11 @@ def _rates_chunk(binary: np.ndarray, gt: _GroundTruth, durations: np.ndarray, bo
     out = {}
     for sc in scenarios:
         dtc_pass = touches_same & (dtc_sum >= sc.dtc)
-        weight = np.where(same & dtc_pass[:, None], inter, 0.0) / np.where(gt_dur > 0, gt_dur, 1.0)
-        coverage = np.bincount(flat_gt.ravel(), weights=weight.ravel(), minlength=n_lead * n * width)
-        coverage = coverage.reshape(n_lead, n, width)
-        detected = (coverage >= sc.gtc) & (gt.label[None] >= 0) & (coverage > 0)
-        lab = np.broadcast_to(gt.label[None], detected.shape)
-        tp = np.bincount((np.arange(n_lead)[:, None, None] * n_classes + lab)[detected],
-                         minlength=n_lead * n_classes).reshape(n_lead, n_classes)
+        sel = same & dtc_pass[pair_run]
+        coverage = np.bincount(runs_lead[pair_run[sel]] * n_events + pair_ev[sel], weights=coverage_of_pair[sel],
+                               minlength=n_lead * n_events).reshape(n_lead, n_events)
+        lead_of, event_of = np.nonzero((coverage >= sc.gtc) & (coverage > 0))
+        tp = np.bincount(lead_of * n_classes + gt.label[event_of], minlength=n_lead * n_classes).reshape(n_lead, n_classes)
         fp = np.bincount(lead_cls[~dtc_pass & in_world], minlength=n_lead * n_classes) + fp_untouched
         fp = fp.reshape(n_lead, n_classes)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -134,12 +142,10 @@ def _rates_chunk(binary: np.ndarray, gt: _GroundTruth, durations: np.ndarray, bo
         ctr = np.full((n_lead, n_classes, n_classes), np.nan)
         if sc.alpha_ct > 0:
             cttc = 0.0 if sc.cttc is None else sc.cttc
-            ok = g_lab >= 0
-            rows = np.broadcast_to(np.arange(len(on))[:, None], g_lab.shape)
-            ct_sum = np.bincount((rows * n_classes + np.maximum(g_lab, 0))[ok], weights=precision[ok],
-                                 minlength=len(on) * n_classes).reshape(len(on), n_classes)
+            ct_sum = np.bincount(pair_run * n_classes + pair_label, weights=precision,
+                                 minlength=n_runs * n_classes).reshape(n_runs, n_classes)
             ct_hit = (~dtc_pass)[:, None] & (ct_sum >= cttc) & (ct_sum > 0)
-            ct_hit[np.arange(len(on)), runs_cls] = False
+            ct_hit[np.arange(n_runs), runs_cls] = False
             det_i, k = np.nonzero(ct_hit)
             counts = np.bincount(lead_cls[det_i] * n_classes + k, minlength=n_lead * n_classes * n_classes)
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -210,11 +216,12 @@ def psds_scores(frame_probs: np.ndarray, events: list[list[Event]], durations: n
     thresholds = np.asarray(operating_points, dtype=np.float64)
     sizes = np.broadcast_to(np.asarray(median_filter, dtype=np.int64), (len(classes),))
     parts: dict[str, list] = {sc.name: [] for sc in scenarios}
+    probs = np.ascontiguousarray(np.swapaxes(frame_probs, -1, -2))  # (n, C, frames): rows along time
     for lo in range(0, len(thresholds), chunk):
-        binary = np.asarray(frame_probs)[None] > thresholds[lo:lo + chunk, None, None, None]
+        binary = probs[None] > thresholds[lo:lo + chunk, None, None, None]
         if np.any(sizes > 1):
             for c in range(len(classes)):
-                binary[..., c:c + 1] = median_filter_binary(binary[..., c:c + 1], int(sizes[c]))
+                binary[..., c:c + 1, :] = median_filter_binary(binary[..., c:c + 1, :], int(sizes[c]), axis=-1)
         for name, rates in _rates_chunk(binary, gt, durations, bounds, scenarios, unit_seconds).items():
             parts[name].append(rates)
     results = {}

@@ -21,9 +21,9 @@ import numpy as np
 
 from evaluation.clip_f1 import clip_counts
 from evaluation.counts import f1_from_counts
-from evaluation.event_f1 import EventF1Config, EventReference, event_counts
-from evaluation.postprocess import median_filter_binary
-from evaluation.segment_f1 import SegmentReference, segment_counts
+from evaluation.event_f1 import EventF1Config, EventReference, event_counts_from_runs
+from evaluation.postprocess import frame_runs, median_filter_binary
+from evaluation.segment_f1 import SegmentReference, segment_counts_from_runs
 from pipeline.labels import ClipTiming
 
 THRESHOLDS: tuple[float, ...] = tuple(np.round(np.arange(1, 10) * 0.1, 1).tolist())
@@ -71,11 +71,14 @@ def sed_candidate_counts(frame_probs: np.ndarray, segment_ref: SegmentReference,
                          timing: ClipTiming, grid: TuningGrid = TuningGrid(),
                          event_config: EventF1Config = EventF1Config()) -> CandidateCounts:
     seg, ev = [], []
+    # time as the last, contiguous axis: the median filter and the run search then read rows without strides
+    probs = np.ascontiguousarray(np.swapaxes(frame_probs, -1, -2))  # (n, C, frames)
     for threshold in grid.thresholds:
-        binary = frame_probs > threshold
-        filtered = median_filter_binary(binary, list(grid.filter_sizes))  # (F, n, frames, C)
-        seg.append(segment_counts(filtered, segment_ref))
-        ev.append(event_counts(filtered, event_ref, timing, event_config))
+        binary = probs > threshold
+        filtered = median_filter_binary(binary, list(grid.filter_sizes), axis=-1)  # (F, n, C, frames)
+        runs = frame_runs(filtered, time_axis=-1)  # shared by both metrics
+        seg.append(segment_counts_from_runs(runs, len(grid.filter_sizes), segment_ref))
+        ev.append(event_counts_from_runs(runs, len(grid.filter_sizes), event_ref, timing, event_config))
     return CandidateCounts(np.stack(seg), np.stack(ev), grid)
 
 

@@ -125,3 +125,19 @@ def test_overlapping_same_class_events_are_merged_with_a_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Predictions(["c"], probs[:1], np.zeros((1, 2)), [events[2]], [10.0], [True], classes)  # nothing to merge: silent
+
+
+def test_segment_counts_with_several_runs_in_one_segment():
+    binary = np.zeros((1, 64, 10), dtype=bool)
+    binary[0, [0, 2, 4], DOG] = True  # three short runs inside segment 0
+    binary[0, 6:8, DOG] = True  # 0.939 .. 1.252 s: segments 0 and 1, 0 shared with the runs before
+    binary[0, 6, CAT] = True  # 0.939 .. 1.096 s: segments 0 and 1
+    events = [[Event(0.5, 1.5, "Dog"), Event(1.2, 1.8, "Cat")]]
+    for length in ("desed_task", "duration"):
+        counts = segment_counts(binary, segment_reference(events, np.array([10.0]), DESED_CLASSES, T,
+                                                          evaluated_length=length))
+        assert counts[DOG].tolist() == [2, 0, 0] and counts[CAT].tolist() == [1, 1, 0]
+    # a 0.9 s clip: only segment 0 counts when bounded by the duration
+    counts = segment_counts(binary, segment_reference(events, np.array([0.9]), DESED_CLASSES, T,
+                                                      evaluated_length="duration"))
+    assert counts[DOG].tolist() == [1, 0, 0] and counts[CAT].tolist() == [0, 1, 0]

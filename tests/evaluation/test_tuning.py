@@ -1,4 +1,4 @@
-"""The vectorised search equals a naive search that runs sed_eval for every candidate."""
+"""The vectorised search equals a naive search that runs sed_eval (as DESED_task calls it) for every candidate."""
 
 import numpy as np
 import pytest
@@ -9,7 +9,7 @@ from evaluation.evaluate import tune
 from evaluation.postprocess import postprocess
 from evaluation.synthetic import synthetic_predictions
 from evaluation.tuning import FILTER_SIZES, THRESHOLDS
-from tests.evaluation.field_libraries import sed_eval_f1
+from tests.evaluation.field_libraries import class_counts, sed_eval_f1
 
 
 def _micro(counts):
@@ -27,8 +27,8 @@ def setup():
         for j, size in enumerate(FILTER_SIZES):
             s, e = sed_eval_f1(preds, postprocess(probs, np.full(n_classes, th), np.full(n_classes, size)))
             for c, label in enumerate(preds.classes):
-                seg[i, j, c] = [s.class_wise[label][k] for k in ("Ntp", "Nfp", "Nfn")]
-                ev[i, j, c] = [e.class_wise[label][k] for k in ("Ntp", "Nfp", "Nfn")]
+                seg[i, j, c] = class_counts(s, label)
+                ev[i, j, c] = class_counts(e, label)
     return preds, tune(preds), seg.reshape(-1, n_classes, 3), ev.reshape(-1, n_classes, 3)
 
 
