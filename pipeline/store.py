@@ -13,7 +13,7 @@ Layout (zarr v3, one flat group; every array has `dimension_names`, so `xarray.o
     <f>_mask                                      (clip, <f>_frame)  bool: frame holds real data
     <f>_frame                                     (<f>_frame,)       float32 frame centre times (s): a coordinate
     <f>_mean, <f>_std                             (<f>_dim,)         statistics of the training partitions' real frames
-    <f>_stats_sums                                (stat, <f>_dim)    float64 running sum and sum of squares behind them
+    <f>_shard_sums                                (shard, stat, <f>_dim)  float64 per-shard sum, sum of squares, frames
     <f>_in_stats                                  (clip,)            bool: rows the statistics include
 
 Root attributes: `format_version`, `classes`, `timing`, `clips_per_shard`, and the committed counts `n_clips`,
@@ -497,7 +497,9 @@ class FeatureStore:
             return report
 
         n1 = n0 + len(new)
-        journal: dict[str, Any] = {"n_clips": n1, "columns": {}, "weak_rows": [], "weak_values": []}
+        # The target generation is part of the journal, so replaying a change that was already committed is a no-op.
+        journal: dict[str, Any] = {"n_clips": n1, "generation": int(self.group.attrs.get("generation", 0)) + 1,
+                                   "columns": {}, "weak_rows": [], "weak_values": []}
         update_rows = sorted(changed_rows)
         for name, get in (("clip", lambda c: c.clip_id), ("partition", lambda c: c.partition),
                           ("supervision", lambda c: c.supervision), ("youtube_id", lambda c: c.youtube_id or "")):
@@ -550,8 +552,7 @@ class FeatureStore:
                     arr.resize((m1,))
                 if m1:
                     arr[:] = np.asarray(values, dtype=dtype)
-        self.group.attrs.update({"n_clips": n1, "n_events": m1,
-                                 "generation": int(self.group.attrs.get("generation", 0)) + 1})
+        self.group.attrs.update({"n_clips": n1, "n_events": m1, "generation": int(journal["generation"])})
         _remove_file(journal_path(self.path))
 
     def set_durations(self, rows: Sequence[int] | np.ndarray, durations: Sequence[float] | np.ndarray) -> None:
@@ -589,8 +590,15 @@ class FeatureStore:
                 raise ProvenanceMismatch(f"{self.path}: feature {feature!r} has frames x dim {shape[1:]}, "
                                          f"now asked for {(frames, dim)}; write to a new store")
         else:
-            n = self.n_clips
-            s = self.clips_per_shard
+            # The frame-time coordinate is complete before the feature exists (a kill in between rewrites it).
+            coord = f"{feature}_frame"
+            if coord not in self.group:
+                self.group.create_array(coord, shape=(frames,), dtype="float32", fill_value=0.0,
+                                        dimension_names=(coord,),
+                                        attributes={"units": "s", "long_name": "frame centre time"})
+            times = frame_times if frame_times is not None else _default_frame_times(self.timing, frames)
+            self.group[coord][:] = np.asarray(times, dtype=np.float32)
+            n, s = self.n_clips, self.clips_per_shard
             fill = np.nan if np.dtype(dtype).kind == "f" else 0
             self.group.create_array(feature, shape=(n, frames, dim), chunks=(1, frames, dim), shards=(s, frames, dim),
                                     dtype=dtype, fill_value=fill, attributes={"provenance": provenance},
@@ -599,13 +607,6 @@ class FeatureStore:
             n, s = self.group[feature].shape[0], self.clips_per_shard
             self.group.create_array(f"{feature}_mask", shape=(n, frames), chunks=(1, frames), shards=(s, frames),
                                     dtype="bool", fill_value=False, dimension_names=("clip", f"{feature}_frame"))
-        coord = f"{feature}_frame"
-        if coord not in self.group:
-            times = frame_times if frame_times is not None else _default_frame_times(self.timing, frames)
-            arr = self.group.create_array(coord, shape=(frames,), dtype="float32", fill_value=0.0,
-                                          dimension_names=(coord,), attributes={"units": "s", "long_name":
-                                                                                "frame centre time"})
-            arr[:] = np.asarray(times, dtype=np.float32)
 
     def write_rows(self, feature: str, rows: Sequence[int] | np.ndarray, data: np.ndarray, masks: np.ndarray) -> None:
         """Write rows of one shard: the data first, then the masks (each one atomic shard write).
@@ -661,45 +662,53 @@ class FeatureStore:
             return None
         return np.asarray(self.group[name][:]), np.asarray(self.group[f"{feature}_std"][:])
 
-    def stats_state(self, feature: str) -> tuple[np.ndarray, np.ndarray, int] | None:
-        """(running sums (2, dim) float64, rows included (clip,) bool, frames) behind complete statistics, else None."""
-        if self.stats(feature) is None or f"{feature}_stats_sums" not in self.group:
+    def stats_state(self, feature: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """(per-shard partial sums (shards, 3, dim) float64: sum, sum of squares, frames; rows included (clip,) bool)
+        behind complete statistics, else None."""
+        if self.stats(feature) is None or f"{feature}_shard_sums" not in self.group:
             return None
         included = np.zeros(self.n_clips, dtype=bool)
         flags = np.asarray(self.group[f"{feature}_in_stats"][: self.n_clips])
         included[: len(flags)] = flags
-        return (np.asarray(self.group[f"{feature}_stats_sums"][:]), included,
-                int(self.group[f"{feature}_mean"].attrs["frames"]))
+        return np.asarray(self.group[f"{feature}_shard_sums"][:]), included
 
-    def write_stats(self, feature: str, sums: np.ndarray, included: np.ndarray, frames: int,
+    def write_stats(self, feature: str, shard_sums: np.ndarray, included: np.ndarray,
                     attrs: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-        """Store running sums (sum, sum of squares) over `frames` real frames of the `included` rows, and the
-        mean / std derived from them. Marked incomplete first and complete last (protocol step 5)."""
+        """Store per-shard partial sums (shards, 3, dim) over the real frames of the `included` rows, and the mean /
+        std derived from their total. Marked incomplete first and complete last (protocol step 5).
+
+        The total is always summed over the shards in order, so statistics updated shard by shard over many runs are
+        bit-identical to statistics computed in one go (a rerun after a kill must give the uninterrupted store)."""
         self._require_lock("write_stats")
-        sums = np.asarray(sums, dtype=np.float64)
-        dim = sums.shape[1]
-        mean = sums[0] / frames
-        std = np.sqrt(np.maximum(sums[1] / frames - mean * mean, 0.0))
+        shard_sums = np.asarray(shard_sums, dtype=np.float64)
+        total = shard_sums.sum(axis=0)
+        frames = int(total[2, 0])
+        mean = total[0] / frames
+        std = np.sqrt(np.maximum(total[1] / frames - mean * mean, 0.0))
+        dim = shard_sums.shape[2]
         dims = (f"{feature}_dim",)
-        arrays = {f"{feature}_mean": ((dim,), "float32", dims), f"{feature}_std": ((dim,), "float32", dims),
-                  f"{feature}_stats_sums": ((2, dim), "float64", ("stat", f"{feature}_dim"))}
-        for name, (shape, dtype, d) in arrays.items():
-            if name in self.group and self.group[name].shape != shape:
+        arrays = {f"{feature}_mean": ((dim,), "float32", dims, None), f"{feature}_std": ((dim,), "float32", dims, None),
+                  f"{feature}_shard_sums": (shard_sums.shape, "float64", ("shard", "stat", f"{feature}_dim"),
+                                            (64, 3, dim)),
+                  f"{feature}_in_stats": ((self.group["clip"].shape[0],), "bool", ("clip",), (_FLAG_CHUNK,))}
+        for name, (shape, dtype, d, chunks) in arrays.items():
+            if name in self.group and self.group[name].shape[1:] != shape[1:]:
                 del self.group[name]
             if name not in self.group:
-                self.group.create_array(name, shape=shape, dtype=dtype, fill_value=0, dimension_names=d)
-        if f"{feature}_in_stats" not in self.group:
-            self.group.create_array(f"{feature}_in_stats", shape=(self.group["clip"].shape[0],), chunks=(_FLAG_CHUNK,),
-                                    dtype="bool", fill_value=False, dimension_names=("clip",))
+                self.group.create_array(name, shape=shape, dtype=dtype, fill_value=0, dimension_names=d,
+                                        chunks=chunks or "auto")
         mean_arr = self.group[f"{feature}_mean"]
-        mean_arr.attrs.update({"complete": False})
-        self.group[f"{feature}_stats_sums"][:] = sums
-        flags = self.group[f"{feature}_in_stats"]
-        flags[: len(included)] = np.asarray(included, dtype=bool)
+        if "complete" in mean_arr.attrs:
+            mean_arr.attrs.update({"complete": False})
+        sums_arr = self.group[f"{feature}_shard_sums"]
+        if sums_arr.shape != shard_sums.shape:
+            sums_arr.resize(shard_sums.shape)
+        sums_arr[:] = shard_sums
+        self.group[f"{feature}_in_stats"][: len(included)] = np.asarray(included, dtype=bool)
         self.group[f"{feature}_std"][:] = std.astype(np.float32)
         self.group[f"{feature}_std"].attrs.update(attrs)
         mean_arr[:] = mean.astype(np.float32)
-        mean_arr.attrs.update({**attrs, "frames": int(frames), "complete": True})
+        mean_arr.attrs.update({**attrs, "frames": frames, "complete": True})
         return mean.astype(np.float32), std.astype(np.float32)
 
     # --- end of a run ----------------------------------------------------------------------------------------
