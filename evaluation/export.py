@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from evaluation.postprocess import frame_runs, postprocess
-from evaluation.predictions import Predictions
+from evaluation.predictions import Predictions, PredictionsError
 from evaluation.tuning import TunedPostprocessing
 
 HEADER = "filename\tonset\toffset\tevent_label\n"
@@ -57,6 +57,14 @@ def write_durations(predictions: Predictions, path: str | Path) -> Path:
 
 def write_score_tables(predictions: Predictions, directory: str | Path) -> Path:
     """One sed_scores_eval score table per clip: the masked frame probabilities on the output-frame grid."""
+    ids = [audio_id(str(c)) for c in predictions.clip_ids]
+    if len(set(ids)) != len(ids):
+        seen: dict[str, str] = {}
+        for cid, key in zip(predictions.clip_ids, ids):
+            if key in seen:
+                raise PredictionsError(f"clips {seen[key]} and {cid} would share the score table {key}.tsv: "
+                                       "give clips names that differ before the extension")
+            seen[key] = str(cid)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for stale in directory.glob("*.tsv"):  # a table of a clip no longer in the set would be read as one of it
@@ -65,9 +73,9 @@ def write_score_tables(predictions: Predictions, directory: str | Path) -> Path:
     head = "onset\toffset\t" + "\t".join(predictions.classes) + "\n"
     frames = [f"{a!r}\t{b!r}\t" for a, b in zip(bounds[:-1], bounds[1:])]
     probs = predictions.masked_frame_probs().astype(np.float64)
-    for cid, p in zip(predictions.clip_ids, probs):
+    for key, p in zip(ids, probs):
         rows = (f + "\t".join(map(repr, r)) + "\n" for f, r in zip(frames, p.tolist()))
-        (directory / f"{audio_id(str(cid))}.tsv").write_text(head + "".join(rows))
+        (directory / f"{key}.tsv").write_text(head + "".join(rows))
     return directory
 
 
@@ -75,12 +83,12 @@ def export_predictions(predictions: Predictions, tuning, out_dir: str | Path) ->
     """Everything above for one set of clips into `out_dir`; `tuning` is evaluate.Tuning. Returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return {
+    return {  # the score tables first: they refuse clip names that would collide before anything is written
+        "scores": write_score_tables(predictions, out_dir / "scores"),
         "predictions_sbf1": write_detections(predictions, tuning.sbf1, out_dir / "predictions_sbf1.tsv"),
         "predictions_ebf1": write_detections(predictions, tuning.ebf1, out_dir / "predictions_ebf1.tsv"),
         "ground_truth": write_ground_truth(predictions, out_dir / "ground_truth.tsv"),
         "durations": write_durations(predictions, out_dir / "durations.tsv"),
-        "scores": write_score_tables(predictions, out_dir / "scores"),
     }
 
 

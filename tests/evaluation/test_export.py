@@ -60,3 +60,11 @@ def test_score_tables_give_the_reported_psds(exported):
     ours = psds_scores(probs, test.events, test.durations, test.classes, test.timing)
     for name in ("psds1", "psds2"):
         assert ours[name].value == result.sets["all"].metrics[name]
+
+
+def test_clips_that_would_share_a_score_table_are_refused(tmp_path):
+    preds = synthetic_predictions(2, seed=52)
+    preds = dataclasses.replace(preds, clip_ids=np.array(["Yabc_0_10.wav", "Yabc_0_10.flac"]))
+    with pytest.raises(ValueError, match=r"clips Yabc_0_10.wav and Yabc_0_10.flac would share the score table"):
+        export_predictions(preds, evaluate(preds, preds).tuning, tmp_path)
+    assert not list(tmp_path.iterdir())  # refused before anything was written
