@@ -43,27 +43,44 @@ def _event_list_current_file(df: pd.DataFrame, fname: str) -> list[dict]:
     return event_file.to_dict("records")
 
 
-def desed_task_sed_eval(predictions: pd.DataFrame, groundtruth: pd.DataFrame) -> tuple[
-        sed_eval.sound_event.EventBasedMetrics, sed_eval.sound_event.SegmentBasedMetrics]:
-    """DESED_task's `compute_sed_eval_metrics(predictions, groundtruth)`: (event-based, segment-based)."""
-    evaluated_files = groundtruth["filename"].unique()
-    classes = list(set(list(groundtruth.event_label.dropna().unique()) + list(predictions.event_label.dropna().unique())))
+def _desed_task_metrics(files, reference: dict, estimated: dict, classes: list[str]):
+    """DESED_task's metric objects and its per-file evaluate calls, on per-file event lists."""
     event = sed_eval.sound_event.EventBasedMetrics(event_label_list=classes, t_collar=0.200, percentage_of_length=0.2,
                                                    empty_system_output_handling="zero_score")
     segment = sed_eval.sound_event.SegmentBasedMetrics(event_label_list=classes, time_resolution=1.0)
-    for fname in evaluated_files:
-        ref, est = _event_list_current_file(groundtruth, fname), _event_list_current_file(predictions, fname)
-        event.evaluate(reference_event_list=ref, estimated_event_list=est)
-    for fname in evaluated_files:
-        ref, est = _event_list_current_file(groundtruth, fname), _event_list_current_file(predictions, fname)
-        segment.evaluate(reference_event_list=ref, estimated_event_list=est)
+    for fname in files:
+        event.evaluate(reference_event_list=reference[fname], estimated_event_list=estimated[fname])
+    for fname in files:
+        segment.evaluate(reference_event_list=reference[fname], estimated_event_list=estimated[fname])
     return event, segment
+
+
+def desed_task_sed_eval(predictions: pd.DataFrame, groundtruth: pd.DataFrame) -> tuple[
+        sed_eval.sound_event.EventBasedMetrics, sed_eval.sound_event.SegmentBasedMetrics]:
+    """DESED_task's `compute_sed_eval_metrics(predictions, groundtruth)` on its tables: (event-based, segment-based)."""
+    evaluated_files = groundtruth["filename"].unique()
+    classes = list(set(list(groundtruth.event_label.dropna().unique()) + list(predictions.event_label.dropna().unique())))
+    reference = {f: _event_list_current_file(groundtruth, f) for f in evaluated_files}
+    estimated = {f: _event_list_current_file(predictions, f) for f in evaluated_files}
+    return _desed_task_metrics(evaluated_files, reference, estimated, classes)
 
 
 def sed_eval_f1(preds: Predictions, binary: np.ndarray) -> tuple[sed_eval.sound_event.SegmentBasedMetrics,
                                                                  sed_eval.sound_event.EventBasedMetrics]:
-    """sed_eval segment- and event-based metrics of `binary` detections, called exactly as DESED_task calls it."""
-    event, segment = desed_task_sed_eval(detections_frame(preds, binary), ground_truth_frame(preds))
+    """sed_eval segment- and event-based metrics of `binary` detections, called as DESED_task calls it.
+
+    The per-file lists are built directly (the lists DESED_task's table lookups give, without their cost, which
+    grows as clips x rows); `desed_task_sed_eval` runs the table route and a test checks both agree.
+    """
+    def records(cid, evs):
+        return [{"filename": cid, "onset": e.onset, "offset": e.offset, "event_label": e.label} for e in evs]
+
+    files = [str(c) for c in preds.clip_ids]
+    detected = decode_events(binary, preds.encoder)
+    reference = {f: records(f, evs) or [{"filename": f}] for f, evs in zip(files, preds.events)}
+    estimated = {f: records(f, evs) for f, evs in zip(files, detected)}
+    classes = list({e.label for evs in (*preds.events, *detected) for e in evs})
+    event, segment = _desed_task_metrics(files, reference, estimated, classes)
     return segment, event
 
 

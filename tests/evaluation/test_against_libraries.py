@@ -123,3 +123,15 @@ def test_psds_equals_sed_scores_eval_on_scores_rounded_to_the_grid(preds):
         exact = psds_threshold_independent(rounded, preds.events, preds.durations, preds.clip_ids, preds.classes,
                                            preds.timing, sc)
         assert ours[sc.name].value == pytest.approx(exact, abs=1e-6)
+
+
+def test_helper_lists_are_desed_task_table_lookups(preds):
+    """sed_eval_f1 builds the per-file lists directly; DESED_task's table route gives the same counts."""
+    from tests.evaluation.field_libraries import desed_task_sed_eval, detections_frame, ground_truth_frame
+
+    binary = postprocess(preds.masked_frame_probs(), np.full(10, 0.4), np.full(10, 5))
+    seg, ev = sed_eval_f1(preds, binary)
+    ev_table, seg_table = desed_task_sed_eval(detections_frame(preds, binary), ground_truth_frame(preds))
+    for label in preds.classes:
+        assert class_counts(seg, label) == class_counts(seg_table, label)
+        assert class_counts(ev, label) == class_counts(ev_table, label)
