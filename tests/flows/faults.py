@@ -26,7 +26,9 @@ def context():
     global _context
     if _context is None:
         _context = multiprocessing.get_context("forkserver")
-        _context.set_forkserver_preload(["pipeline.extract", "tests.flows.faults"])
+        # Everything an extraction imports, so a child starts working at once (torchvision alone takes seconds).
+        _context.set_forkserver_preload(["pipeline.extract", "tests.flows.faults", "features.logmel", "features.openl3",
+                                         "features.vgg16", "features.tce"])
     return _context
 
 
