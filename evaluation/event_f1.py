@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from evaluation.events import flatten_events, rank_in_group
 from evaluation.postprocess import Runs, frame_runs
-from pipeline.classes import class_index
 from pipeline.labels import ClipTiming, Event
 
 
@@ -39,18 +39,15 @@ class EventReference:
 
 def event_reference(events: list[list[Event]], classes: tuple[str, ...], config: EventF1Config = EventF1Config()) -> EventReference:
     n, n_classes = len(events), len(classes)
-    per = [[[] for _ in range(n_classes)] for _ in range(n)]
-    for i, evs in enumerate(events):
-        for ev in evs:
-            per[i][class_index(ev.label, classes)].append(ev)
-    width = max([1] + [len(lst) for row in per for lst in row])
+    flat = flatten_events(events, classes)
+    slot, _ = rank_in_group(flat.clip * n_classes + flat.cls)  # each event's place among its clip's class events
+    width = int(max(1, slot.max() + 1 if len(slot) else 1))
     onset = np.zeros((n, n_classes, width))
     offset = np.zeros((n, n_classes, width))
     valid = np.zeros((n, n_classes, width), dtype=bool)
-    for i in range(n):
-        for c in range(n_classes):
-            for r, ev in enumerate(per[i][c]):
-                onset[i, c, r], offset[i, c, r], valid[i, c, r] = ev.onset, ev.offset, True
+    onset[flat.clip, flat.cls, slot] = flat.onset
+    offset[flat.clip, flat.cls, slot] = flat.offset
+    valid[flat.clip, flat.cls, slot] = True
     collar = np.maximum(config.t_collar, config.percentage_of_length * (offset - onset))
     return EventReference(onset=onset, offset=offset, offset_collar=collar, valid=valid)
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from evaluation.events import flatten_events
 from pipeline.classes import DESED_CLASSES, class_index
 from pipeline.labels import ClipTiming, Event, LabelEncoder
 
@@ -132,13 +133,15 @@ class Predictions:
 
     def weak_targets(self) -> np.ndarray:
         """(n, C) clip-level ground truth: a class is present if any of its events is."""
-        encoder = self.encoder
-        return np.stack([encoder.encode_weak(sorted({ev.label for ev in evs})) for evs in self.events]) if self.n_clips \
-            else np.zeros((0, len(self.classes)), dtype=np.float32)
+        flat = flatten_events(self.events, self.classes)
+        weak = np.zeros((self.n_clips, len(self.classes)), dtype=np.float32)
+        weak[flat.clip, flat.cls] = 1.0
+        return weak
 
     def valid_frame_mask(self) -> np.ndarray:
         """(n, frames) True for output frames that carry real audio (shorter clips are padded)."""
-        valid = np.array([self.timing.valid_output_frames(d) for d in self.durations], dtype=np.int64)
+        # ClipTiming.valid_output_frames for every clip at once
+        valid = np.minimum(self.timing.output_frames, np.ceil(self.durations / self.timing.output_frame_seconds))
         return np.arange(self.timing.output_frames)[None, :] < valid[:, None]
 
     def masked_frame_probs(self) -> np.ndarray:

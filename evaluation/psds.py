@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from evaluation.events import flatten_events
 from evaluation.postprocess import frame_runs, median_filter_binary
-from pipeline.classes import class_index
 from pipeline.labels import ClipTiming, Event
 
 SECONDS_PER_UNIT = {"minute": 60, "hour": 3600, "day": 24 * 3600}
@@ -75,13 +75,10 @@ class _GroundTruth:
 def _ground_truth(events: list[list[Event]], durations: np.ndarray, classes: tuple[str, ...],
                   bounds: np.ndarray) -> _GroundTruth:
     n, n_classes = len(events), len(classes)
-    kept = [[ev for ev in evs if ev.offset > ev.onset] for evs in events]  # psds_eval drops zero-length events
-    count = np.array([len(k) for k in kept], dtype=np.int64)
-    flat = [ev for k in kept for ev in k]
-    clip = np.repeat(np.arange(n), count)
-    onset = np.array([ev.onset for ev in flat], dtype=np.float64)
-    offset = np.array([ev.offset for ev in flat], dtype=np.float64)
-    label = np.array([class_index(ev.label, classes) for ev in flat], dtype=np.int64)
+    all_events = flatten_events(events, classes)
+    flat = all_events.select(all_events.offset > all_events.onset)  # psds_eval drops zero-length events
+    clip, onset, offset, label = flat.clip, flat.onset, flat.offset, flat.cls
+    count = np.bincount(clip, minlength=n).astype(np.int64)
     n_gt = np.bincount(label, minlength=n_classes)
     gt_seconds = np.bincount(label, weights=offset - onset, minlength=n_classes)
     # strict overlap, as psds_eval's intersection test

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from evaluation.events import flatten_events
 from evaluation.postprocess import Runs, frame_runs
-from pipeline.classes import class_index
 from pipeline.labels import ClipTiming, Event
 
 SEGMENT_LENGTHS: tuple[str, ...] = ("desed_task", "duration")
@@ -50,13 +50,15 @@ def segment_reference(events: list[list[Event]], durations: np.ndarray, classes:
     # wide enough for every reference event and every detection, wherever they end
     n_segments = int(math.ceil(max([timing.clip_seconds, float(bounds[-1]), last_offset, *durations.tolist()])
                                / segment_seconds))
-    roll = np.zeros((len(events), n_segments, len(classes)), dtype=bool)
-    for i, evs in enumerate(events):
-        for ev in evs:
-            # sed_eval.util.event_list_to_event_roll
-            lo = int(math.floor(ev.onset * 1 / float(segment_seconds)))
-            hi = int(math.ceil(ev.offset * 1 / float(segment_seconds)))
-            roll[i, lo:hi, class_index(ev.label, classes)] = True
+    # sed_eval.util.event_list_to_event_roll: an event covers floor(onset / s) .. ceil(offset / s) - 1; summed
+    # +1 / -1 marks along the segments give the roll of every (clip, class) at once
+    flat = flatten_events(events, classes)
+    lo = np.maximum(np.floor(flat.onset * 1 / float(segment_seconds)).astype(np.int64), 0)
+    hi = np.maximum(np.ceil(flat.offset * 1 / float(segment_seconds)).astype(np.int64), lo)
+    marks = np.zeros((len(events), len(classes), n_segments + 1), dtype=np.int64)
+    np.add.at(marks, (flat.clip, flat.cls, lo), 1)
+    np.add.at(marks, (flat.clip, flat.cls, hi), -1)
+    roll = (np.cumsum(marks, axis=-1)[..., :n_segments] > 0).transpose(0, 2, 1)  # (n, S, C)
     if evaluated_length == "duration":
         n_eval = np.array([int(math.ceil(d * 1 / float(segment_seconds))) for d in durations], dtype=np.int64)
         valid = np.arange(n_segments)[None, :] < n_eval[:, None]
