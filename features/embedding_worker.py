@@ -20,7 +20,8 @@ from typing import Any, Hashable, Sequence
 import numpy as np
 import torch
 
-from features.image_batching import TorchImageExtractor, unique_frames
+from features.frame_dedup import unique_frames
+from features.image_batching import TorchImageExtractor
 
 STAGING_BUFFERS = 2
 
@@ -56,12 +57,23 @@ class ClipEmbeddings:
     valid: np.ndarray  # (T,) bool
 
 
+@dataclass(frozen=True)
+class PackedClip:
+    """Where a clip's frames went in an upload batch. The clip's own frame array is not kept: once packed, its
+    frames live only in the (fixed) staging buffer, so the decoded copy can be freed."""
+
+    key: Hashable
+    start: int  # first row of the clip's distinct frames in the buffer
+    inverse: np.ndarray
+    valid: np.ndarray
+
+
 @dataclass
 class UploadBatch:
     """Whole clips packed into a staging buffer of `capacity` frames."""
 
     buffer: np.ndarray  # (capacity, S, S, 3) uint8; a view of pinned memory on a GPU
-    clips: list[tuple[DistinctFrames, int]] = field(default_factory=list)  # (clip, first row in buffer)
+    clips: list[PackedClip] = field(default_factory=list)
     used: int = 0
     _slot: int = -1
 
@@ -79,7 +91,7 @@ class UploadBatch:
         if not self.fits(clip):
             raise ValueError(f"clip {clip.key}: {clip.n_frames} frames do not fit ({self.used}/{self.capacity} used)")
         self.buffer[self.used:self.used + clip.n_frames] = clip.frames
-        self.clips.append((clip, self.used))
+        self.clips.append(PackedClip(clip.key, self.used, clip.inverse, clip.valid))
         self.used += clip.n_frames
 
     def __len__(self) -> int:
@@ -100,8 +112,8 @@ class PendingEmbeddings:
                 self._done.synchronize()
             host = {name: y.numpy() for name, y in self._outputs.items()}
             out = []
-            for clip, start in self._batch.clips:
-                rows = start + clip.inverse  # each of the clip's frames -> its distinct frame's output
+            for clip in self._batch.clips:
+                rows = clip.start + clip.inverse  # each of the clip's frames -> its distinct frame's output
                 out.append(ClipEmbeddings(clip.key, {name: y[rows] for name, y in host.items()}, clip.valid))
             self._result = out
             self._outputs = {}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import abc
 import contextlib
 import threading
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from features.base import FrameExtractor
+from features.frame_dedup import unique_frames
 from features.weights import RANDOM_WEIGHTS, WeightsMismatchError, locate_weights, sha256_file
 
 Autocast = Literal["none", "bf16", "fp16"]
@@ -85,29 +85,6 @@ def autocast_context(autocast: str, device: torch.device) -> contextlib.Abstract
     if mode == "none":
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16 if mode == "bf16" else torch.float16)
-
-
-def unique_frames(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the distinct frames and, per frame, the position of its copy among them.
-
-    A 128-bit hash per frame groups candidates; byte equality is then confirmed, so a collision can never
-    merge two different frames.
-    """
-    first: dict[bytes, list[int]] = {}
-    keep: list[int] = []
-    inverse = np.empty(len(frames), dtype=np.int64)
-    for i, frame in enumerate(frames):
-        data = np.ascontiguousarray(frame).data
-        key = hashlib.blake2b(data, digest_size=16).digest()
-        for slot in first.get(key, ()):
-            if np.array_equal(frames[keep[slot]], frame):
-                inverse[i] = slot
-                break
-        else:
-            first.setdefault(key, []).append(len(keep))
-            inverse[i] = len(keep)
-            keep.append(i)
-    return np.asarray(keep, dtype=np.int64), inverse
 
 
 def resize_frames(x: torch.Tensor, size: int, mode: str) -> torch.Tensor:

@@ -16,12 +16,14 @@ from typing import Any
 
 import torch
 
+from pipeline.errors import AvsedError
+
 WEIGHTS_DIR_ENV = "AVSED_WEIGHTS_DIR"
 RANDOM_WEIGHTS = "random"
 
 
-class WeightsError(Exception):
-    """Any problem with a pretrained weights file."""
+class WeightsError(AvsedError):
+    """Any problem with a pretrained weights file: the user fixes it (one line, never retried)."""
 
 
 class MissingWeightsError(WeightsError, FileNotFoundError):
@@ -29,11 +31,11 @@ class MissingWeightsError(WeightsError, FileNotFoundError):
 
     def __init__(self, feature: str, file_name: str, searched: list[Path]):
         self.feature, self.file_name, self.searched = feature, file_name, searched
-        places = "\n".join(f"  - {p}" for p in searched) or "  (no place configured)"
+        places = "; ".join(str(p) for p in searched) or "no place configured"
         super().__init__(
-            f"{feature}: pretrained weights file {file_name!r} not found. Looked for:\n{places}\n"
-            f"Put the file in one of these places, set the extractor's `weights_path`, or pass "
-            f"--allow-random-weights (tests and the demo only: the embeddings are then meaningless)."
+            f"{feature}: pretrained weights file {file_name!r} not found (looked for: {places}); put the file in "
+            f"one of these places, set the extractor's `weights_path`, or pass --allow-random-weights (tests and "
+            f"the demo only: the embeddings are then meaningless)"
         )
 
 

@@ -1,72 +1,101 @@
-"""Prefect flow `extract-features`: the stages of pipeline.extract as tasks, with retries declared here.
+"""Prefect flow `extract-features`: the extraction's stages as named tasks per shard, over one bounded pipeline.
 
-Tasks stay thin: each calls one plain function. With `dask_address` the per-batch tasks run on an existing
-dask.distributed scheduler (the way to scale past one machine: the store and ledger paths must then be
-on storage that every worker sees).
+In-process (the default task runner), the flow owns one `ExtractionRun` (the writer thread, one download session:
+the global download cap, the video stream: the memory bound) and keeps a window of `shards_in_flight` shards in
+flight: per shard `audio[logmel, shard 17]`, `download[shard 17]` and `embed[openl3+vgg16, shard 17]` (tagged
+`avsed-gpu`, so `prefect concurrency-limit create avsed-gpu 1` caps it). Tasks return counts, never arrays; a
+shard's frames are freed once written.
+
+With `dask_address`, one task per shard (`extract[logmel+openl3, shard 17]`) carries it from download to write on
+one Dask worker: frames never travel between workers, and each shard has exactly one writer. The store and the
+ledger must then be on storage every worker sees.
+
+Expected errors (`AvsedError`: bad settings, missing weights, a store made otherwise or being written by another
+run) are not retried and are logged as one line.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Any
 
 from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows import quiet_expected_errors, retry_unless_expected
+from pipeline.extract import (AudioJob, ExtractConfig, ExtractionPlan, ExtractionReport, ExtractionRun, VideoJob,
+                              extract_shard, finish_extraction, plan_extraction, probe_cached_videos)
 from pipeline.store import StoreLock
 
-from pipeline.extract import (ExtractConfig, ExtractionReport, VideoJob, cleanup_videos, decode_videos,
-                              download_videos, embed_frames, extract_audio_features, finish_extraction,
-                              plan_extraction, probe_cached_videos, write_embeddings, _count_downloads)
+GPU_TAG = "avsed-gpu"  # a Prefect concurrency limit on this tag caps the tasks that use the GPU
 
 
-@task(name="plan", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def plan_task(config: ExtractConfig):
-    return plan_extraction(config)
+def _label(features) -> str:
+    return "+".join(features)
 
 
-@task(name="audio-features", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
-def audio_task(config: ExtractConfig, jobs, features) -> ExtractionReport:
-    report = extract_audio_features(config, jobs, features)
-    get_run_logger().info("audio features: %s computed, %d clips failed", report.audio_computed, report.audio_failed)
-    return report
+@task(name="plan", task_run_name="plan", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5,
+      retry_condition_fn=retry_unless_expected)
+def plan_task(config: ExtractConfig) -> ExtractionPlan:
+    plan = plan_extraction(config)
+    get_run_logger().info("plan: %d clips (%d new), %d audio jobs, %d videos to fetch, %d cached videos to re-check, "
+                          "%d label changes", plan.n_clips, plan.new_clips, len(plan.audio_jobs), len(plan.video_jobs),
+                          len(plan.probe_jobs), len(plan.label_changes))
+    return plan
 
 
-@task(name="re-check-videos", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
-def probe_task(config: ExtractConfig, jobs) -> ExtractionReport:
-    return probe_cached_videos(config, jobs)
+@task(name="audio", task_run_name="audio[{label}, shard {shard}]", cache_policy=NO_CACHE,
+      retry_condition_fn=retry_unless_expected)
+def audio_task(run: ExtractionRun, jobs: list[AudioJob], features: tuple[str, ...], shard: int,
+               label: str) -> dict[str, Any]:
+    report = run.audio(jobs, features)
+    get_run_logger().info("shard %d: %s computed for %d clips, %d audio files unusable", shard, label,
+                          len(jobs) - report.audio_failed, report.audio_failed)
+    return report.to_dict()
 
 
-@task(name="download", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=10)
-def download_task(config: ExtractConfig, jobs: list[VideoJob]):
-    results = download_videos(config, jobs)
-    log = get_run_logger()
-    for r in results:
-        log.info("clip %s: video %s%s", r.clip_id, r.status, f" ({r.reason}: {r.message})" if r.reason else "")
-    return results
+@task(name="download", task_run_name="download[shard {shard}]", cache_policy=NO_CACHE, retries=2,
+      retry_delay_seconds=10, retry_condition_fn=retry_unless_expected)
+def download_task(run: ExtractionRun, jobs: list[VideoJob], features: tuple[str, ...], shard: int) -> dict[str, Any]:
+    report = run.download(jobs, features)
+    get_run_logger().info("shard %d: %d videos downloaded, %d missing, %d failed (retried next run), %d not attempted",
+                          shard, report.videos_downloaded, report.videos_missing, report.videos_failed,
+                          report.videos_not_attempted)
+    return report.to_dict()
 
 
-@task(name="decode", cache_policy=NO_CACHE, retries=1)
-def decode_task(config: ExtractConfig, jobs: list[VideoJob], downloads):
-    return decode_videos(config, jobs, downloads)
+# No retries: the stream's failures are not transient (a broken worker), and a retry must never rewrite rows.
+@task(name="embed", task_run_name="embed[{label}, shard {shard}]", tags=[GPU_TAG], cache_policy=NO_CACHE,
+      retry_condition_fn=retry_unless_expected)
+def embed_task(run: ExtractionRun, jobs: list[VideoJob], features: tuple[str, ...], shard: int,
+               label: str) -> dict[str, Any]:
+    report = run.embed(jobs, features)
+    get_run_logger().info("shard %d: %s written for %s clips, %d corrupt videos", shard, label,
+                          report.video_computed, report.videos_corrupt)
+    return report.to_dict()
 
 
-@task(name="feature", cache_policy=NO_CACHE, retries=1)
-def feature_task(config: ExtractConfig, decoded, feature: str):
-    return embed_frames(config, decoded, feature)
+@task(name="re-check", task_run_name="re-check[{n} cached videos]", cache_policy=NO_CACHE, retries=2,
+      retry_delay_seconds=10, retry_condition_fn=retry_unless_expected)
+def probe_task(config: ExtractConfig, jobs: list[VideoJob], n: int) -> dict[str, Any]:
+    report = probe_cached_videos(config, jobs)
+    get_run_logger().info("re-check: %d of %d cached videos have vanished (features kept)",
+                          report.newly_missing_cached, n)
+    return report.to_dict()
 
 
-@task(name="write", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
-def write_task(config: ExtractConfig, batch) -> int:
-    return write_embeddings(config, batch)
+@task(name="extract-shard", task_run_name="extract[{label}, shard {shard}]", tags=[GPU_TAG], cache_policy=NO_CACHE,
+      retry_condition_fn=retry_unless_expected)
+def shard_task(config: ExtractConfig, audio_jobs: list[AudioJob], video_jobs: list[VideoJob],
+               audio_features: tuple[str, ...], video_features: tuple[str, ...], shard: int,
+               label: str) -> dict[str, Any]:
+    return extract_shard(config, audio_jobs, video_jobs, audio_features, video_features)
 
 
-@task(name="cleanup", cache_policy=NO_CACHE)
-def cleanup_task(config: ExtractConfig, downloads, *_written) -> None:
-    cleanup_videos(config, downloads)
-
-
-@task(name="statistics", cache_policy=NO_CACHE, retries=1)
+@task(name="statistics", task_run_name="statistics", cache_policy=NO_CACHE, retries=1,
+      retry_condition_fn=retry_unless_expected)
 def stats_task(config: ExtractConfig) -> dict[str, Any]:
     return finish_extraction(config)
 
@@ -75,6 +104,7 @@ def stats_task(config: ExtractConfig) -> dict[str, Any]:
 def extract_features(config: dict[str, Any] | None = None, config_file: str | None = None,
                      dask_address: str | None = None, **overrides: Any) -> dict[str, Any]:
     """Run the extraction; `config` is an ExtractConfig as a dict (what a deployment's parameters hold)."""
+    quiet_expected_errors()
     if config_file:
         cfg = ExtractConfig.from_yaml(config_file, **{**(config or {}), **overrides})
     else:
@@ -82,6 +112,24 @@ def extract_features(config: dict[str, Any] | None = None, config_file: str | No
     if dask_address:
         return _run_on_dask(cfg, dask_address)
     return _run(cfg)
+
+
+class _ShardProgress:
+    """A Prefect progress artifact over the shards of the run, updated as each shard's tasks finish."""
+
+    def __init__(self, key: str, total: int, what: str):
+        self.total, self.done = max(1, total), 0
+        self.id = create_progress_artifact(0.0, key=key, description=f"{what}: shards done of {total}")
+
+    def step(self) -> None:
+        self.done += 1
+        update_progress_artifact(self.id, 100.0 * self.done / self.total)
+
+
+def _settle(report: ExtractionReport, futures: list, progress: _ShardProgress) -> None:
+    for f in futures:
+        report.add(ExtractionReport.from_dict(f.result()))
+    progress.step()
 
 
 def _run(cfg: ExtractConfig) -> dict[str, Any]:
@@ -92,38 +140,93 @@ def _run(cfg: ExtractConfig) -> dict[str, Any]:
 def _run_locked(cfg: ExtractConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     plan = plan_task(cfg)
-    report = ExtractionReport(clips=plan.n_clips, new_clips=plan.new_clips, manifest_problems=plan.manifest_problems)
-    audio = audio_task.submit(cfg, plan.audio_jobs, plan.audio_features)
-    probe = probe_task.submit(cfg, plan.probe_jobs)
-    batches = []
-    for jobs in plan.video_batches(cfg.batch_clips):
-        downloads = download_task.submit(cfg, jobs)
-        decoded = decode_task.submit(cfg, jobs, downloads)
-        writes = [write_task.submit(cfg, feature_task.submit(cfg, decoded, f)) for f in plan.video_features]
-        cleanup = cleanup_task.submit(cfg, downloads, *writes)
-        batches.append((downloads, decoded, writes, cleanup))
-    report.add(audio.result())
-    report.add(probe.result())
-    for downloads, decoded, writes, cleanup in batches:
-        cleanup.result()
-        part = ExtractionReport()
-        for feature, w in zip(plan.video_features, writes):
-            part.video_computed[feature] = w.result()
-        _count_downloads(part, downloads.result(), len(decoded.result()))
-        report.add(part)
+    report = ExtractionReport(clips=plan.n_clips, new_clips=plan.new_clips, manifest_problems=plan.manifest_problems,
+                              label_changes=plan.label_changes)
+    shards = plan.shards()
+    progress = _ShardProgress("extraction-progress", len(shards), "audio and video features")
+    t1 = time.perf_counter()
+    probe = probe_task.submit(cfg, plan.probe_jobs, n=len(plan.probe_jobs))
+    audio_label, video_label = _label(plan.audio_features), _label(plan.video_features)
+    with ExtractionRun(cfg) as run:
+        window: deque = deque()
+        for shard, audio_jobs, video_jobs in shards:
+            while len(window) >= max(1, cfg.shards_in_flight):
+                _settle(report, window.popleft(), progress)
+            futures = []
+            if audio_jobs:
+                futures.append(audio_task.submit(run, audio_jobs, plan.audio_features, shard=shard, label=audio_label))
+            if video_jobs:
+                downloaded = download_task.submit(run, video_jobs, plan.video_features, shard=shard)
+                futures += [downloaded, embed_task.submit(run, video_jobs, plan.video_features, shard=shard,
+                                                          label=video_label, wait_for=[downloaded])]
+            window.append(futures)
+        while window:
+            _settle(report, window.popleft(), progress)
+        busy = run.busy_seconds()
+    report.add(ExtractionReport.from_dict(probe.result()))
+    t2 = time.perf_counter()
     stats_task(cfg)
+    report.stage_seconds = {"plan": t1 - t0, "shards (audio, re-check and video)": t2 - t1,
+                            "stats": time.perf_counter() - t2, **{f"{k} (busy)": v for k, v in busy.items()}}
+    return _finish(report, t0)
+
+
+def _finish(report: ExtractionReport, t0: float) -> dict[str, Any]:
     report.seconds = time.perf_counter() - t0
-    get_run_logger().info("extraction done: %s", report.to_dict())
+    create_markdown_artifact(report_markdown(report), key="extraction-report",
+                             description="what this extraction run computed and found")
+    get_run_logger().info("extraction done: %s", {k: v for k, v in report.to_dict().items()
+                                                 if k not in ("manifest_problems", "label_changes")})
     return report.to_dict()
+
+
+def report_markdown(report: ExtractionReport) -> str:
+    """The extraction report as a Markdown artifact."""
+    rows = [("clips in the store", report.clips), ("new clips", report.new_clips),
+            ("audio features computed", report.audio_computed or "none"), ("unusable audio files", report.audio_failed),
+            ("videos downloaded", report.videos_downloaded), ("videos missing (host says gone)", report.videos_missing),
+            ("downloads failed (retried next run)", report.videos_failed),
+            ("downloads not attempted (circuit breaker)", report.videos_not_attempted),
+            ("corrupt videos", report.videos_corrupt),
+            ("cached videos vanished (features kept)", report.newly_missing_cached),
+            ("video features computed", report.video_computed or "none"),
+            ("label changes", len(report.label_changes)), ("manifest problems", len(report.manifest_problems)),
+            ("seconds", f"{report.seconds:.1f}")]
+    lines = ["# Extraction report", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    for title, items in (("Label changes", report.label_changes), ("Manifest problems", report.manifest_problems)):
+        if items:
+            lines += ["", f"## {title} (first 50)", ""] + [f"- {p}" for p in items[:50]]
+    return "\n".join(lines) + "\n"
 
 
 def _run_on_dask(cfg: ExtractConfig, address: str) -> dict[str, Any]:
     from prefect_dask import DaskTaskRunner
 
-    # The same flow body, with tasks submitted to the given scheduler instead of local threads.
+    # The same flow, with its shard tasks submitted to the given scheduler instead of local threads.
     return extract_features_on_dask.with_options(task_runner=DaskTaskRunner(address=address))(cfg.to_dict())
 
 
 @flow(name="extract-features-dask")
 def extract_features_on_dask(config: dict[str, Any]) -> dict[str, Any]:
-    return _run(ExtractConfig.from_dict(config))
+    quiet_expected_errors()
+    cfg = ExtractConfig.from_dict(config)
+    with StoreLock(cfg.store, purpose="extract-features flow (dask)"):
+        t0 = time.perf_counter()
+        plan = plan_task(cfg)
+        report = ExtractionReport(clips=plan.n_clips, new_clips=plan.new_clips,
+                                  manifest_problems=plan.manifest_problems, label_changes=plan.label_changes)
+        shards = plan.shards()
+        progress = _ShardProgress("extraction-progress", len(shards), "shards extracted on Dask")
+        probe = probe_task.submit(cfg, plan.probe_jobs, n=len(plan.probe_jobs))
+        label = _label(plan.audio_features + plan.video_features)
+        window: deque = deque()
+        for shard, audio_jobs, video_jobs in shards:
+            while len(window) >= max(1, cfg.shards_in_flight):
+                _settle(report, window.popleft(), progress)
+            window.append([shard_task.submit(cfg, audio_jobs, video_jobs, plan.audio_features, plan.video_features,
+                                             shard=shard, label=label)])
+        while window:
+            _settle(report, window.popleft(), progress)
+        report.add(ExtractionReport.from_dict(probe.result()))
+        stats_task(cfg)
+        return _finish(report, t0)

@@ -1,9 +1,11 @@
-"""Extraction as plain functions: plan -> audio features -> (download -> decode -> embed -> write) -> statistics.
+"""Extraction as plain functions: plan -> audio features -> re-check -> the video stream -> statistics.
 
-`run_extraction` chains the stages in-process; the Prefect flow `extract-features` (flows/extract.py)
-calls the very same stage functions as tasks. Every stage is idempotent and per-clip failures are
-recorded (ledger / problems) instead of raised, so a bad clip never stops the run and a rerun
-only does the work that is still missing.
+`run_extraction` runs them in this process; the Prefect flow `extract-features` (flows/extract.py) runs the same
+functions as tasks per shard, and on Dask one task per shard (`extract_shard`). Both go through one bounded
+pipeline (`pipeline.streaming`): memory stays flat whatever the number of clips. Every stage is idempotent and
+per-clip failures are recorded (ledger / problems) instead of raised, so a bad clip never stops the run and a
+rerun only does the work that is still missing. The planner reads the store and the ledger in bulk (a few queries
+for any number of clips).
 """
 
 from __future__ import annotations
@@ -12,26 +14,29 @@ import dataclasses
 import functools
 import json
 import shutil
+import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import yaml
 from tqdm.auto import tqdm
 
 from features.base import AudioExtractor, FeatureExtractor, FrameExtractor, build_extractor, extractor_class
-from pipeline.audio import AudioError, load_clip_audio
-from pipeline.download import (NO_YOUTUBE_ID_MESSAGE, DownloadConfig, DownloadResult, download_clips,
-                               probe_clips)
-from pipeline.frames import VideoError, decode_frames
-from pipeline.ledger import Ledger
+from pipeline.audio_stage import AudioJob, extract_audio_stream
+from pipeline.download import NO_YOUTUBE_ID_MESSAGE, DownloadConfig, DownloadSession, probe_clips
+from pipeline.errors import AvsedError
 from pipeline.labels import ClipTiming
-from pipeline.manifest import YouTubeSegment, read_manifest
+from pipeline.ledger import Ledger, VideoRecord, open_ledger_for_store
+from pipeline.manifest import read_manifest
 from pipeline.stats import update_feature_stats
-from pipeline.store import FeatureStore, StoreLock
+from pipeline.store import DEFAULT_CLIPS_PER_SHARD, FeatureStore, StoreLock
+from pipeline.streaming import Observer, VideoCounts, VideoJob, VideoStream
+from pipeline.writer import ShardWriter, shard_groups
+
+__all__ = ["AudioJob", "VideoJob", "ExtractConfig", "ExtractionPlan", "ExtractionReport", "ExtractionRun",
+           "plan_extraction", "run_extraction", "extract_shard", "finish_extraction", "probe_cached_videos"]
 
 
 @dataclass(frozen=True)
@@ -46,15 +51,22 @@ class ExtractConfig:
     extractor_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     download: DownloadConfig = field(default_factory=DownloadConfig)
     video_dir: str | None = None  # where downloaded clips go; default <store>.videos
-    frame_size: int = 224
+    frame_size: int = 224  # decoded frames are frame_size x frame_size (recorded in the visual features' provenance)
     recheck_missing: bool = False  # retry videos recorded as permanently missing
     recheck_available: bool = True  # probe cached clips' videos so newly vanished ones are recorded
+    # ... but only those last checked more than this many days ago: a rerun does not ask the host about every
+    # cached video every time.
+    recheck_after_days: float = 30.0
     allow_random_weights: bool = False
-    batch_clips: int = 16  # clips per video batch (one download/decode/embed/write round)
-    # False: each clip's frames form their own network batches, so a resumed run writes bit-identical
-    # embeddings. True: the frames of all clips of a video batch share network batches (fuller GPU batches;
-    # results may differ in the last bit from a run with other batch boundaries).
-    cross_clip_batches: bool = False
+    # Clips per upload batch of the embedding worker (its fixed shape: batch_clips x 64 frames). Each CNN runs its
+    # own `batch_size` frames per forward pass over it.
+    batch_clips: int = 16
+    # Decoded clips alive at once (the memory bound of the video stream); None: a quarter of the memory
+    # available at start, in clips.
+    max_clips_in_flight: int | None = None
+    decode_workers: int | None = None  # ffmpeg worker processes (and audio threads); None: the machine's cores
+    shards_in_flight: int = 2  # Prefect flow: shards downloaded or embedded at once (the flow's window)
+    clips_per_shard: int = DEFAULT_CLIPS_PER_SHARD  # a new store's shard size (an existing store keeps its own)
     compute_stats: bool = True
 
     @property
@@ -75,12 +87,13 @@ class ExtractConfig:
         d = dict(d)
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"unknown extraction settings: {', '.join(sorted(unknown))}")
+            raise AvsedError(f"unknown extraction settings: {', '.join(sorted(unknown))}; known: "
+                             f"{', '.join(f.name for f in dataclasses.fields(cls))}")
         if "download" in d and isinstance(d["download"], dict):
             known = {f.name for f in dataclasses.fields(DownloadConfig)}
             bad = set(d["download"]) - known
             if bad:
-                raise ValueError(f"unknown download settings: {', '.join(sorted(bad))}")
+                raise AvsedError(f"unknown download settings: {', '.join(sorted(bad))}; known: {', '.join(sorted(known))}")
             d["download"] = DownloadConfig(**d["download"])
         if "features" in d:
             d["features"] = tuple(d["features"])
@@ -93,34 +106,30 @@ class ExtractConfig:
         return cls.from_dict(data)
 
 
-@dataclass(frozen=True)
-class AudioJob:
-    row: int
-    clip_id: str
-    audio_path: str
-
-
-@dataclass(frozen=True)
-class VideoJob:
-    row: int
-    clip_id: str
-    segment: YouTubeSegment
-    features: tuple[str, ...]  # video features still missing for this clip
-
-
 @dataclass
 class ExtractionPlan:
     n_clips: int
     new_clips: int
+    clips_per_shard: int
     audio_features: tuple[str, ...]
     video_features: tuple[str, ...]
     audio_jobs: list[AudioJob]
     video_jobs: list[VideoJob]
     probe_jobs: list[VideoJob]  # cached clips whose video is re-checked, not downloaded
     manifest_problems: list[str]
+    label_changes: list[str] = field(default_factory=list)
 
-    def video_batches(self, size: int) -> list[list[VideoJob]]:
-        return [self.video_jobs[i:i + size] for i in range(0, len(self.video_jobs), size)]
+    def shard_of(self, row: int) -> int:
+        return int(row) // self.clips_per_shard
+
+    def shards(self) -> list[tuple[int, list[AudioJob], list[VideoJob]]]:
+        """(shard, audio jobs, video jobs) of every shard with work, in shard order: the flows' unit of work."""
+        audio = shard_groups([j.row for j in self.audio_jobs], self.shard_of)
+        video = shard_groups([j.row for j in self.video_jobs], self.shard_of)
+        by_row_a = {j.row: j for j in self.audio_jobs}
+        by_row_v = {j.row: j for j in self.video_jobs}
+        return [(s, [by_row_a[r] for r in audio.get(s, [])], [by_row_v[r] for r in video.get(s, [])])
+                for s in sorted(set(audio) | set(video))]
 
 
 @dataclass
@@ -134,14 +143,16 @@ class ExtractionReport:
     videos_downloaded: int = 0
     videos_missing: int = 0  # downloads that found the video gone (this run)
     videos_failed: int = 0  # transient failures, retried next run
+    videos_not_attempted: int = 0  # the download circuit breaker had opened: tried again next run
     videos_corrupt: int = 0
     newly_missing_cached: int = 0  # clips whose video vanished but whose features are kept
     video_computed: dict[str, int] = field(default_factory=dict)
     manifest_problems: list[str] = field(default_factory=list)
+    label_changes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=dict)
 
-    def add(self, other: "ExtractionReport") -> None:
+    def add(self, other: "ExtractionReport") -> "ExtractionReport":
         for f in dataclasses.fields(self):
             a, b = getattr(self, f.name), getattr(other, f.name)
             if isinstance(a, dict):
@@ -151,9 +162,24 @@ class ExtractionReport:
                 a.extend(b)
             elif f.name not in ("clips", "new_clips"):
                 setattr(self, f.name, a + b)
+        return self
+
+    def add_video(self, counts: VideoCounts) -> "ExtractionReport":
+        self.videos_downloaded += counts.downloaded
+        self.videos_missing += counts.missing
+        self.videos_failed += counts.failed
+        self.videos_not_attempted += counts.not_attempted
+        self.videos_corrupt += counts.corrupt
+        for k, v in counts.computed.items():
+            self.video_computed[k] = self.video_computed.get(k, 0) + v
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ExtractionReport":
+        return cls(**d)
 
 
 # --- extractors ---------------------------------------------------------------------------------
@@ -176,206 +202,168 @@ def get_extractor(config: ExtractConfig, feature: str) -> FeatureExtractor:
     return _cached_extractor(feature, json.dumps(extractor_settings(config, feature), sort_keys=True))
 
 
+def feature_provenance(config: ExtractConfig, ex: FeatureExtractor) -> dict[str, Any]:
+    """What the store records for a feature: the extractor's provenance plus the run settings that change its
+    values (the decoded frame size of a visual feature: OpenL3 rows from 32 px frames are not rows from 64 px)."""
+    prov = ex.provenance()
+    if isinstance(ex, FrameExtractor):
+        prov["frame_size"] = int(config.frame_size)
+    return prov
+
+
 # --- plan ---------------------------------------------------------------------------------------
 
 def plan_extraction(config: ExtractConfig, timing: ClipTiming = ClipTiming()) -> ExtractionPlan:
-    """Read the manifest, grow the store, check provenance, and list the work still to do."""
+    """Read the manifest, grow the store and reconcile its labels, check provenance, and list the work still to do.
+
+    Reads the store's masks and the ledger once each (no query per clip): at DESED size this is what keeps a
+    rerun with nothing to do cheap.
+    """
     manifest = read_manifest(config.metadata, config.audio_dir)
     if not manifest.clips:
-        raise ValueError(f"{config.metadata}: the manifest has no usable clips")
-    store = FeatureStore.create_or_open(config.store, timing=timing)
-    n_before = store.n_clips
-    rows = store.add_clips(manifest.clips)
+        raise AvsedError(f"{config.metadata}: the manifest has no usable clips; check the metadata path and its tsv files")
     extractors = {name: get_extractor(config, name) for name in config.features}
-    for name, ex in extractors.items():
+    for ex in extractors.values():
         if hasattr(ex, "load"):
             ex.load()  # missing weights fail here, before any work, with the expected path in the message
-        store.ensure_feature(name, ex.frames(timing), ex.dim, ex.store_dtype, ex.provenance())
+    with FeatureStore.create_or_open(config.store, timing=timing, clips_per_shard=config.clips_per_shard) as store:
+        n_before = store.n_clips
+        sync = store.sync_clips(manifest.clips)
+        rows = sync.rows
+        for name, ex in extractors.items():
+            store.ensure_feature(name, ex.frames(timing), ex.dim, ex.store_dtype, feature_provenance(config, ex))
+        present = {name: store.present(name) for name in config.features}
+        n_clips, clips_per_shard = store.n_clips, store.clips_per_shard
+        ledger = open_ledger_for_store(config.ledger_path, store)
     audio_features = tuple(n for n, ex in extractors.items() if isinstance(ex, AudioExtractor))
     video_features = tuple(n for n, ex in extractors.items() if isinstance(ex, FrameExtractor))
-
-    present = {name: store.present(name) for name in config.features}
-    ledger = Ledger(config.ledger_path)
+    audio_jobs = []
+    for clip, row in zip(manifest.clips, rows):
+        todo = tuple(f for f in audio_features if not present[f][row])
+        if todo:
+            audio_jobs.append(AudioJob(row, clip.clip_id, str(clip.audio_path), todo))
+    video_jobs: list[VideoJob] = []
+    probe_jobs: list[VideoJob] = []
     try:
-        audio_jobs = [AudioJob(r, c.clip_id, str(c.audio_path)) for c, r in zip(manifest.clips, rows)
-                      if any(not present[f][r] for f in audio_features)]
-        video_jobs: list[VideoJob] = []
-        probe_jobs: list[VideoJob] = []
-        for clip, row in zip(manifest.clips, rows):
-            if not video_features:
-                break
-            if clip.segment is None:
-                if ledger.get(clip.clip_id) is None:
-                    ledger.record(clip.clip_id, None, "missing", "no_youtube_id", NO_YOUTUBE_ID_MESSAGE)
-                continue
-            todo = tuple(f for f in video_features if not present[f][row])
-            if todo:
-                if ledger.should_download(clip.clip_id, config.recheck_missing):
-                    video_jobs.append(VideoJob(row, clip.clip_id, clip.segment, todo))
-            elif config.recheck_available:
-                entry = ledger.get(clip.clip_id)
-                if entry is not None and entry.status == "available":
+        if video_features:
+            entries = ledger.entries()
+            due = (ledger.due_for_recheck(None, config.recheck_after_days) if config.recheck_available else set())
+            retry = set(config.download.retry_missing_reasons)
+            no_id = []
+            for clip, row in zip(manifest.clips, rows):
+                entry = entries.get(clip.clip_id)
+                if clip.segment is None:
+                    if entry is None:
+                        no_id.append(VideoRecord(clip.clip_id, None, "missing", "no_youtube_id", NO_YOUTUBE_ID_MESSAGE))
+                    continue
+                todo = tuple(f for f in video_features if not present[f][row])
+                if todo:
+                    # never seen, transient failure or seen available: try; permanently missing: only when asked
+                    if (entry is None or entry.status in ("failed", "available") or config.recheck_missing
+                            or entry.reason in retry):
+                        video_jobs.append(VideoJob(row, clip.clip_id, clip.segment, todo))
+                elif clip.clip_id in due:
                     probe_jobs.append(VideoJob(row, clip.clip_id, clip.segment, ()))
+            if no_id:
+                ledger.record_many(no_id)
         for problem in manifest.problems:
             ledger.record_problem(problem.clip_id or "", "manifest", str(problem))
     finally:
         ledger.close()
-    return ExtractionPlan(store.n_clips, store.n_clips - n_before, audio_features, video_features,
-                          audio_jobs, video_jobs, probe_jobs, [str(p) for p in manifest.problems])
+    return ExtractionPlan(n_clips, n_clips - n_before, clips_per_shard, audio_features, video_features, audio_jobs,
+                          video_jobs, probe_jobs, [str(p) for p in manifest.problems], [str(c) for c in sync.changes])
 
 
-# --- audio --------------------------------------------------------------------------------------
+# --- one run's writer, ledger, downloads and video stream ------------------------------------------------------
 
-def extract_audio_features(config: ExtractConfig, jobs: Iterable[AudioJob], features: tuple[str, ...],
-                           timing: ClipTiming = ClipTiming(), progress: bool = False) -> ExtractionReport:
-    """Read, resample, normalise, extract and write; a bad audio file is recorded and skipped."""
-    report = ExtractionReport()
-    store = FeatureStore.open(config.store, mode="r+")
-    present = {f: store.present(f) for f in features}
-    ledger = Ledger(config.ledger_path)
-    try:
-        for job in tqdm(list(jobs), desc="audio features", unit="clip", disable=not progress):
-            try:
-                audio = load_clip_audio(job.audio_path, job.clip_id, timing)
-            except AudioError as exc:
-                ledger.record_problem(job.clip_id, "audio", exc.cause)
-                report.audio_failed += 1
-                continue
-            for warning in audio.warnings:
-                ledger.record_problem(job.clip_id, "audio", f"warning: {warning}")
-            store.set_durations([job.row], [audio.duration])
-            for name in features:
-                if present[name][job.row]:
-                    continue
-                ex = get_extractor(config, name)
-                data = ex.extract(audio.waveform, timing)
-                mask = np.zeros(data.shape[0], dtype=bool)
-                mask[: timing.valid_mel_frames(audio.duration) if data.shape[0] == timing.mel_frames
-                     else data.shape[0]] = True
-                store.write_row(name, job.row, data, mask)
-                report.audio_computed[name] = report.audio_computed.get(name, 0) + 1
-    finally:
-        ledger.close()
-    return report
+class ExtractionRun:
+    """What the stages of one run in one process share: the writer thread (the only writer of this process's
+    shards), the ledger, one download session (the global cap) and the video stream (the memory bound).
+    The video parts start on first use. Use as a context manager; `close()` waits until every row is written."""
 
+    def __init__(self, config: ExtractConfig, timing: ClipTiming = ClipTiming(), observer: Observer | None = None,
+                 decode_workers: int | None = None):
+        self.config, self.timing, self.observer = config, timing, observer
+        self.decode_workers = decode_workers or config.decode_workers
+        self.store = FeatureStore.open(config.store, mode="r+")  # a row writer beside the lock holder
+        self.writer = ShardWriter(self.store)
+        self.ledger = Ledger(config.ledger_path)
+        self._session: DownloadSession | None = None
+        self._stream: VideoStream | None = None
+        self._starting = threading.Lock()  # the flow's tasks may ask for the stream at the same moment
 
-# --- video --------------------------------------------------------------------------------------
+    def audio(self, jobs: Sequence[AudioJob], features: Sequence[str]) -> ExtractionReport:
+        report = ExtractionReport()
+        if not jobs:
+            return report
+        extractors = {name: get_extractor(self.config, name) for name in features}
+        from pipeline.decode_pool import default_decode_workers
 
-@dataclass
-class DecodedClip:
-    job: VideoJob
-    frames: np.ndarray  # (T, S, S, 3) uint8
-    valid: np.ndarray  # (T,) bool
+        counts = extract_audio_stream(jobs, extractors, self.writer, self.ledger, self.timing,
+                                      workers=self.decode_workers or default_decode_workers(), observer=self.observer)
+        report.audio_failed = counts.failed
+        report.audio_computed = dict(counts.computed)
+        return report
 
+    def stream(self, features: Sequence[str]) -> VideoStream:
+        with self._starting:
+            return self._start_stream(features)
 
-def download_videos(config: ExtractConfig, jobs: list[VideoJob], progress: bool = False) -> list[DownloadResult]:
-    """Download each clip's time range (concurrently); every outcome goes into the ledger."""
-    results = []
-    with Ledger(config.ledger_path) as ledger:
-        for r in download_clips([(j.clip_id, j.segment) for j in jobs], config.video_path, config.download,
-                                progress=progress):
-            ledger.record(r.clip_id, r.youtube_id, r.status, r.reason, r.message)
-            results.append(r)
-    order = {j.clip_id: i for i, j in enumerate(jobs)}
-    return sorted(results, key=lambda r: order[r.clip_id])  # deterministic order for the batch that follows
+    def _start_stream(self, features: Sequence[str]) -> VideoStream:
+        if self._stream is None:
+            self._session = DownloadSession(self.config.download, self.config.video_path)
+            self._stream = VideoStream(
+                extractors=[get_extractor(self.config, f) for f in features], writer=self.writer, ledger=self.ledger,
+                downloads=self._session, video_dir=self.config.video_path, timing=self.timing,
+                frame_size=self.config.frame_size, batch_clips=self.config.batch_clips,
+                max_clips_in_flight=self.config.max_clips_in_flight, decode_workers=self.decode_workers,
+                keep_videos=self.config.download.keep_videos, observer=self.observer)
+        return self._stream
 
+    def videos(self, jobs: Sequence[VideoJob], features: Sequence[str]) -> ExtractionReport:
+        """Download to write, streamed (the plain engine and a Dask shard task)."""
+        return ExtractionReport().add_video(self.stream(features).run(jobs)) if jobs else ExtractionReport()
 
-def decode_videos(config: ExtractConfig, jobs: list[VideoJob], downloads: list[DownloadResult],
-                  timing: ClipTiming = ClipTiming()) -> list[DecodedClip]:
-    """Frames of every downloaded clip; an undecodable file marks the video missing with reason `corrupt`."""
-    by_id = {j.clip_id: j for j in jobs}
-    decoded: list[DecodedClip] = []
-    ledger = Ledger(config.ledger_path)
-    try:
-        for r in downloads:
-            if r.status != "available" or r.path is None:
-                continue
-            try:
-                frames = decode_frames(r.path, r.clip_id, timing, size=config.frame_size, start=r.clip_start)
-            except VideoError as exc:
-                ledger.record(r.clip_id, r.youtube_id, "missing", exc.reason, str(exc))
-                _remove_video(config, r.path, force=True)
-                continue
-            decoded.append(DecodedClip(by_id[r.clip_id], frames.frames, frames.valid))
-    finally:
-        ledger.close()
-    return decoded
+    def download(self, jobs: Sequence[VideoJob], features: Sequence[str]) -> ExtractionReport:
+        return ExtractionReport().add_video(self.stream(features).download(jobs)) if jobs else ExtractionReport()
 
+    def embed(self, jobs: Sequence[VideoJob], features: Sequence[str]) -> ExtractionReport:
+        return ExtractionReport().add_video(self.stream(features).embed(jobs)) if jobs else ExtractionReport()
 
-@dataclass
-class EmbeddedBatch:
-    feature: str
-    rows: list[int]
-    data: list[np.ndarray]
-    masks: list[np.ndarray]
+    def busy_seconds(self) -> dict[str, float]:
+        out = dict(self._stream.busy_seconds) if self._stream is not None else {}
+        out["write"] = self.writer.busy_seconds
+        return out
+
+    def close(self) -> None:
+        try:
+            if self._stream is not None:
+                self._stream.close()
+            if self._session is not None:
+                self._session.close()
+        finally:
+            self.writer.close()
+            self.ledger.close()
+
+    def __enter__(self) -> "ExtractionRun":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def embed_frames(config: ExtractConfig, decoded: list[DecodedClip], feature: str) -> EmbeddedBatch:
-    """Embeddings of every decoded clip that still lacks `feature`.
-
-    By default each clip's 64 frames go through the network as their own batch(es): CPU and GPU kernels may
-    round differently for other batch sizes, and a clip's embedding must not depend on which other clips
-    shared its batch, so that a resumed run writes exactly what an uninterrupted one would. 64 frames of a
-    224 px image CNN are a sizeable batch already; `cross_clip_batches` pools the frames of all clips instead.
-    """
-    todo = [d for d in decoded if feature in d.job.features]
-    if not todo:
-        return EmbeddedBatch(feature, [], [], [])
-    ex = get_extractor(config, feature)
-    # Padded frames (beyond a short video's end) are embedded as the black frames they are, but masked out.
-    if config.cross_clip_batches:
-        emb = ex.embed(np.concatenate([d.frames for d in todo], axis=0))
-        t = todo[0].frames.shape[0]
-        data = [emb[i * t:(i + 1) * t] for i in range(len(todo))]
-    else:
-        data = [ex.embed(d.frames) for d in todo]
-    return EmbeddedBatch(feature, [d.job.row for d in todo], data, [d.valid for d in todo])
+def extract_shard(config: ExtractConfig, audio_jobs: Sequence[AudioJob], video_jobs: Sequence[VideoJob],
+                  audio_features: Sequence[str], video_features: Sequence[str],
+                  timing: ClipTiming = ClipTiming()) -> dict[str, Any]:
+    """One shard from download to write in this process (a Dask task: frames never leave the worker, and the
+    shard has exactly one writer). Returns the counts only."""
+    with ExtractionRun(config, timing) as run:
+        report = run.audio(audio_jobs, audio_features)
+        report.add(run.videos(video_jobs, video_features))
+    return report.to_dict()
 
 
-def write_embeddings(config: ExtractConfig, batch: EmbeddedBatch) -> int:
-    store = FeatureStore.open(config.store, mode="r+")
-    for row, data, mask in zip(batch.rows, batch.data, batch.masks):
-        store.write_row(batch.feature, row, data, mask)
-    return len(batch.rows)
-
-
-def _remove_video(config: ExtractConfig, path: Path | None, force: bool = False) -> None:
-    if path is not None and (force or not config.download.keep_videos):
-        Path(path).unlink(missing_ok=True)
-
-
-def cleanup_videos(config: ExtractConfig, downloads: list[DownloadResult]) -> None:
-    for r in downloads:
-        if r.status == "available":
-            _remove_video(config, r.path)
-
-
-def process_video_batch(config: ExtractConfig, jobs: list[VideoJob], video_features: tuple[str, ...],
-                        timing: ClipTiming = ClipTiming()) -> ExtractionReport:
-    """download -> decode -> embed -> write for one batch of clips."""
-    report = ExtractionReport()
-    t0 = time.perf_counter()
-    downloads = download_videos(config, jobs)
-    t1 = time.perf_counter()
-    decoded = decode_videos(config, jobs, downloads, timing)
-    t2 = time.perf_counter()
-    for feature in video_features:
-        batch = embed_frames(config, decoded, feature)
-        report.video_computed[feature] = report.video_computed.get(feature, 0) + write_embeddings(config, batch)
-    t3 = time.perf_counter()
-    cleanup_videos(config, downloads)
-    report.stage_seconds = {"download": t1 - t0, "decode": t2 - t1, "embed+write": t3 - t2}
-    _count_downloads(report, downloads, len(decoded))
-    return report
-
-
-def _count_downloads(report: ExtractionReport, downloads: list[DownloadResult], n_decoded: int) -> None:
-    status = Counter(r.status for r in downloads)
-    report.videos_downloaded += status["available"]
-    report.videos_missing += status["missing"]
-    report.videos_failed += status["failed"]
-    report.videos_corrupt += status["available"] - n_decoded
-
+# --- re-check and statistics ----------------------------------------------------------------------------------
 
 def probe_cached_videos(config: ExtractConfig, jobs: list[VideoJob], progress: bool = False) -> ExtractionReport:
     """Re-check that videos whose features are cached still exist; vanished ones are recorded, features kept."""
@@ -383,24 +371,24 @@ def probe_cached_videos(config: ExtractConfig, jobs: list[VideoJob], progress: b
     if not jobs:
         return report
     results = probe_clips([(j.clip_id, j.segment) for j in jobs], config.download, progress)
-    ledger = Ledger(config.ledger_path)
-    try:
-        for r in results:
-            if r.status == "missing":
-                ledger.record(r.clip_id, r.youtube_id, "missing", r.reason,
-                              f"{r.message} (features extracted earlier are kept)")
-                report.newly_missing_cached += 1
-            elif r.status == "available":
-                ledger.record(r.clip_id, r.youtube_id, "available", None, r.message)
-            # a transient failure while probing leaves the entry as it was
-    finally:
-        ledger.close()
+    records = []
+    for r in results:
+        if r.status == "missing":
+            records.append(VideoRecord(r.clip_id, r.youtube_id, "missing", r.reason,
+                                       f"{r.message} (features extracted earlier are kept)"))
+            report.newly_missing_cached += 1
+        elif r.status == "available":
+            records.append(VideoRecord(r.clip_id, r.youtube_id, "available", None, r.message))
+        # a transient failure (or a tripped circuit breaker) leaves the entry as it was: checked again next run
+    with Ledger(config.ledger_path) as ledger:
+        ledger.record_many(records)
     return report
 
 
 def finish_extraction(config: ExtractConfig) -> dict[str, Any]:
-    """Per-bin statistics of every feature over the training partitions' real frames (dask over the store):
-    training standardises log-mel (paper 3.1.2) and, by default, the visual embeddings with them."""
+    """Per-bin statistics of every feature over the training partitions' real frames (incremental: only rows new
+    since the last run are read): training standardises log-mel (paper 3.1.2) and, by default, the visual
+    embeddings with them. Then the consolidated metadata is refreshed."""
     with StoreLock(config.store, purpose="extract"), FeatureStore.create_or_open(config.store) as store:
         out = _update_stats(config, store) if config.compute_stats else {}
         store.consolidate()  # last write of a run: xarray.open_zarr(path) then sees the whole store
@@ -420,38 +408,68 @@ def _update_stats(config: ExtractConfig, store: FeatureStore) -> dict[str, Any]:
 
 # --- in-process driver --------------------------------------------------------------------------
 
-def run_extraction(config: ExtractConfig, progress: bool = True, timing: ClipTiming = ClipTiming()) -> ExtractionReport:
-    """The whole extraction in this process (the flow runs the same stages as Prefect tasks)."""
+class _Progress:
+    """tqdm bars fed by the pipeline's events (the plain engine's progress)."""
+
+    def __init__(self, plan: ExtractionPlan, enabled: bool, observer: Observer | None):
+        self.observer = observer
+        self.audio = tqdm(total=len(plan.audio_jobs), desc="audio features", unit="clip",
+                          disable=not enabled or not plan.audio_jobs)
+        self.video = tqdm(total=len(plan.video_jobs), desc="videos", unit="clip",
+                          disable=not enabled or not plan.video_jobs)
+
+    def __call__(self, event: str, details: dict[str, Any]) -> None:
+        if event == "audio":
+            self.audio.update(1)
+        elif event == "settled":
+            self.video.update(1)
+        if self.observer is not None:
+            self.observer(event, details)
+
+    def close(self) -> None:
+        self.audio.close()
+        self.video.close()
+
+
+def run_extraction(config: ExtractConfig, progress: bool = True, timing: ClipTiming = ClipTiming(),
+                   observer: Callable[[str, dict[str, Any]], None] | None = None) -> ExtractionReport:
+    """The whole extraction in this process (the flow runs the same stages as Prefect tasks).
+
+    `observer(event, details)` is told of each stage's progress ("audio", "downloaded", "decoded", "released",
+    "embedded", "written", "settled").
+    """
     with StoreLock(config.store, purpose="extract"):  # one writer per store for the whole run
-        return _run_extraction(config, progress, timing)
+        return _run_extraction(config, progress, timing, observer)
 
 
-def _run_extraction(config: ExtractConfig, progress: bool, timing: ClipTiming) -> ExtractionReport:
+def _run_extraction(config: ExtractConfig, progress: bool, timing: ClipTiming,
+                    observer: Observer | None) -> ExtractionReport:
     t0 = time.perf_counter()
     plan = plan_extraction(config, timing)
     report = ExtractionReport(clips=plan.n_clips, new_clips=plan.new_clips,
-                              manifest_problems=list(plan.manifest_problems))
+                              manifest_problems=list(plan.manifest_problems), label_changes=list(plan.label_changes))
     t1 = time.perf_counter()
-    report.add(extract_audio_features(config, plan.audio_jobs, plan.audio_features, timing, progress))
-    t2 = time.perf_counter()
-    report.add(probe_cached_videos(config, plan.probe_jobs, progress))
-    t_probe = time.perf_counter()
-    stage = Counter()
-    batches = plan.video_batches(config.batch_clips)
-    for batch in tqdm(batches, desc="video batches", unit="batch", disable=not progress or not batches):
-        part = process_video_batch(config, batch, plan.video_features, timing)
-        stage.update(part.stage_seconds)
-        part.stage_seconds = {}
-        report.add(part)
-    t3 = time.perf_counter()
+    bars = _Progress(plan, progress, observer)
+    try:
+        with ExtractionRun(config, timing, bars) as run:
+            report.add(run.audio(plan.audio_jobs, plan.audio_features))
+            t2 = time.perf_counter()
+            report.add(probe_cached_videos(config, plan.probe_jobs, progress))
+            t3 = time.perf_counter()
+            report.add(run.videos(plan.video_jobs, plan.video_features))
+            busy = run.busy_seconds()
+        t4 = time.perf_counter()
+    finally:
+        bars.close()
     finish_extraction(config)
-    t4 = time.perf_counter()
-    report.stage_seconds = {"plan": t1 - t0, "audio": t2 - t1, "re-check": t_probe - t2, **dict(stage),
-                            "stats": t4 - t3}
-    report.seconds = t4 - t0
+    t5 = time.perf_counter()
+    report.stage_seconds = {"plan": t1 - t0, "audio": t2 - t1, "re-check": t3 - t2, "video": t4 - t3,
+                            "stats": t5 - t4, **{f"{k} (busy)": v for k, v in busy.items()}}
+    report.seconds = t5 - t0
     return report
 
 
 def clear_videos(config: ExtractConfig) -> None:
     """Delete the download folder (kept videos are a cache, never the source of truth)."""
     shutil.rmtree(config.video_path, ignore_errors=True)
+

@@ -34,6 +34,10 @@ def extract_config(data: Path, store: Path, url_template: str, **kw) -> ExtractC
     kw.setdefault("allow_random_weights", True)
     kw.setdefault("batch_clips", 4)
     kw.setdefault("frame_size", 64)
+    # 12 clips in shards of 4: three shards, so writes, windows and resume cross shard boundaries
+    kw.setdefault("clips_per_shard", 4)
+    kw.setdefault("max_clips_in_flight", 6)
+    kw.setdefault("decode_workers", 2)
     kw.setdefault("extractor_configs", SMALL_IMAGES)
     kw.setdefault("download", DownloadConfig(url_template=url_template))
     return ExtractConfig(metadata=str(data / "metadata"), audio_dir=str(data / "audio"), store=str(store),

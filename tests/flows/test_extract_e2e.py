@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
+from pipeline.download import DownloadConfig
 from pipeline.extract import run_extraction
 from pipeline.ledger import Ledger
 from pipeline.serve import VideoServer
@@ -88,7 +88,8 @@ def test_short_clip_padding_is_masked(reference_run):
 
 
 def test_rerun_after_videos_vanish_and_clips_are_added(reference_run, synth_set, tmp_path):
-    """Only the three new clips are computed; earlier rows stay byte-identical; vanished videos are recorded."""
+    """Only the three new clips are computed, video features included; earlier rows stay byte-identical; vanished
+    videos are recorded when the re-check is due."""
     ref_data, ref_cfg, _ = reference_run
     data = copy_set(ref_data, tmp_path / "data")
     store_path = tmp_path / "features.zarr"
@@ -96,50 +97,58 @@ def test_rerun_after_videos_vanish_and_clips_are_added(reference_run, synth_set,
     shutil.copy(ref_cfg.ledger_path, Ledger.path_for_store(store_path))
     before = FeatureStore.open(store_path)
     old_ids = list(before.clip_ids())
-    old_logmel = before.read_feature("logmel")
-    old_openl3 = before.read_feature("openl3")
-    available = [cid for cid, p, y in zip(old_ids, before.present("openl3"), before.strings("youtube_id")) if p]
-    vanished = available[:2]
+    old = _arrays(store_path)
+    youtube = dict(zip(old_ids, before.strings("youtube_id")))
+    available = [cid for cid, p in zip(old_ids, before.present("openl3")) if p]
+    assert len(available) >= 4
+    vanished, source = available[:2], available[2]
     for cid in vanished:
-        (data / "videos" / f"{before.strings('youtube_id')[old_ids.index(cid)]}.mp4").unlink()
-    # three new weak clips whose videos exist: reuse existing audio and videos under new names
-    new_lines = []
+        (data / "videos" / f"{youtube[cid]}.mp4").unlink()
+    # three new weak clips with real videos (copies of a clip whose video is still served) and real audio
+    new_lines, new_ids = [], []
     weak_tsv = data / "metadata/train/weak.tsv"
     rows = weak_tsv.read_text().splitlines()
-    src_clip = next(r.split("\t")[0] for r in rows[1:])
-    src_id = src_clip[1:12]
+    src_audio = next((data / "audio").rglob(source))
     for k in range(3):
         yid = f"newclip{k:04d}"
         name = f"Y{yid}_0.000_10.000.wav"
-        shutil.copy(data / "audio/train/weak" / src_clip, data / "audio/train/weak" / name)
-        video = data / "videos" / f"{src_id}.mp4"
-        if video.exists():
-            shutil.copy(video, data / "videos" / f"{yid}.mp4")
+        shutil.copy(src_audio, data / "audio/train/weak" / name)
+        shutil.copy(data / "videos" / f"{youtube[source]}.mp4", data / "videos" / f"{yid}.mp4")
         new_lines.append(f"{name}\tDog")
+        new_ids.append(name)
     weak_tsv.write_text("\n".join(rows + new_lines) + "\n")
     with VideoServer(data / "videos") as server:
-        cfg = extract_config(data, store_path, server.url_template)
+        # re-check every cached video now (by default only those last checked 30 days ago or more)
+        cfg = extract_config(data, store_path, server.url_template, recheck_after_days=0)
         report = run_extraction(cfg, progress=False)
     assert report.new_clips == 3
     assert report.audio_computed == {"logmel": 3}
-    assert sum(report.video_computed.values()) == report.videos_downloaded <= 3
+    assert report.videos_downloaded == 3 and report.videos_missing == 0
+    assert report.video_computed == {"openl3": 3, "vgg16": 3, "tce": 3}
     assert report.newly_missing_cached == 2
     after = FeatureStore.open(store_path)
-    assert list(after.clip_ids()[:12]) == old_ids
-    np.testing.assert_array_equal(after.read_feature("logmel", slice(0, 12)), old_logmel)
-    np.testing.assert_array_equal(after.read_feature("openl3", slice(0, 12)), old_openl3)
+    ids = list(after.clip_ids())
+    assert ids[:12] == old_ids and sorted(ids[12:]) == sorted(new_ids)
+    for name in ("logmel", "openl3", "vgg16", "tce"):
+        present = after.present(name)
+        assert present[12:].all(), name  # exactly the new clips were added, all with their features
+        np.testing.assert_array_equal(present[:12], old[f"{name}_mask"].any(axis=1), err_msg=name)
+        np.testing.assert_array_equal(after.read_feature(name, slice(0, 12)), old[name], err_msg=name)
+        np.testing.assert_array_equal(after.mask(name)[:12], old[f"{name}_mask"], err_msg=name)
     assert after.present("openl3")[[old_ids.index(c) for c in vanished]].all()  # the only copy left is kept
     ledger = Ledger(Ledger.path_for_store(store_path))
     for cid in vanished:
         e = ledger.get(cid)
         assert (e.status, e.reason) == ("missing", "not_found") and "kept" in e.message
+    assert all(ledger.get(c).status == "available" for c in new_ids)
     ledger.close()
-    # a third run has nothing left to do
+    # a third run has nothing left to do, and asks the host about nothing (everything was checked just now)
     with VideoServer(data / "videos") as server:
         cfg = extract_config(data, store_path, server.url_template)
         again = run_extraction(cfg, progress=False)
+        assert server.requests() == {}
     assert again.new_clips == 0 and again.audio_computed == {} and again.video_computed == {}
-    assert again.videos_downloaded == 0
+    assert again.videos_downloaded == 0 and again.newly_missing_cached == 0
 
 
 def _arrays(store_path: Path) -> dict[str, np.ndarray]:
@@ -147,32 +156,42 @@ def _arrays(store_path: Path) -> dict[str, np.ndarray]:
     return {name: np.asarray(arr[:]) for name, arr in store.group.arrays()}
 
 
-def test_killed_run_resumes_to_the_same_store(reference_run, tmp_path):
+_KILL_CHILD = """
+import json, os, sys
+from pipeline.extract import ExtractConfig, run_extraction
+
+config, event, k = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+seen = []
+
+def observer(name, details):
+    # `written` counts the video stage's shard writes only (log-mel shards are written before the videos start)
+    if name == event and (name != "written" or details["stage"].startswith("video")):
+        seen.append(name)
+        if len(seen) >= k:
+            os._exit(137)  # as abrupt as SIGKILL: no cleanup, no flush
+
+run_extraction(ExtractConfig.from_dict(config), progress=False, observer=observer)
+"""
+
+
+@pytest.mark.parametrize("event,k", [("downloaded", 1), ("embedded", 1), ("written", 1)],
+                         ids=["mid-download", "mid-embed", "mid-write"])
+def test_killed_run_resumes_to_the_same_store(reference_run, tmp_path, event, k):
+    """Killed (as abruptly as SIGKILL) while downloading, between embedding a batch and writing it, and between the
+    writes of two shards; a rerun then gives a store equal to an uninterrupted run's, array by array."""
     ref_data, ref_cfg, _ = reference_run
     data = copy_set(ref_data, tmp_path / "data")
     store_path = tmp_path / "features.zarr"
+    total = int(FeatureStore.open(ref_cfg.store).present("openl3").sum())
     with VideoServer(data / "videos") as server:
         cfg = extract_config(data, store_path, server.url_template)
-        (tmp_path / "extract.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
-        args = [sys.executable, "-m", "avsed.cli", "extract", "--engine", "plain", "--config",
-                str(tmp_path / "extract.yaml"), "--json"]
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        killed_at = None
-        deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None:
-            try:
-                n = int(FeatureStore.open(store_path).present("openl3").sum())
-            except Exception:
-                n = 0
-            if n >= 1:
-                proc.send_signal(signal.SIGKILL)
-                killed_at = n
-                break
-            time.sleep(0.05)
-        proc.wait()
-        assert killed_at is not None, "the run finished before it could be killed"
-        total = int(FeatureStore.open(ref_cfg.store).present("openl3").sum())
-        assert killed_at < total
+        child = subprocess.run([sys.executable, "-c", _KILL_CHILD, json.dumps(cfg.to_dict()), event, str(k)],
+                               capture_output=True, text=True, timeout=600)
+        assert child.returncode == 137, child.stderr[-3000:]
+        killed_with = int(FeatureStore.open(store_path).present("openl3").sum())
+        assert killed_with < total  # killed mid-run, not after it
+        if event != "written":
+            assert killed_with == 0  # killed before any video row was handed to the writer
         run_extraction(cfg, progress=False)
     got, want = _arrays(store_path), _arrays(Path(ref_cfg.store))
     assert got.keys() == want.keys()
@@ -181,3 +200,76 @@ def test_killed_run_resumes_to_the_same_store(reference_run, tmp_path):
     ref_ledger, ledger = Ledger(ref_cfg.ledger_path), Ledger(Ledger.path_for_store(store_path))
     assert {k: (e.status, e.reason) for k, e in ledger.entries().items()} == \
         {k: (e.status, e.reason) for k, e in ref_ledger.entries().items()}
+
+
+def test_streamed_store_equals_a_clip_by_clip_reference(reference_run, tmp_path):
+    """Every row of the streamed store (clips batched together, several decoders, rows written a shard at a time)
+    equals, bit for bit, the clip computed on its own: its kept video decoded and embedded alone by each CNN, its
+    audio read and turned into log-mel alone."""
+    from features.base import build_extractor
+    from pipeline.audio import load_clip_audio
+    from pipeline.download import clip_start_in, find_video
+    from pipeline.extract import extractor_settings
+    from pipeline.frames import decode_frames
+    from pipeline.manifest import parse_clip_name
+
+    ref_data, ref_cfg, _ = reference_run
+    data = copy_set(ref_data, tmp_path / "data")
+    store_path = tmp_path / "features.zarr"
+    with VideoServer(data / "videos") as server:
+        cfg = extract_config(data, store_path, server.url_template,
+                             download=DownloadConfig(url_template=server.url_template, keep_videos=True))
+        run_extraction(cfg, progress=False)
+    store = FeatureStore.open(store_path)
+    # keeping the videos changes nothing in the store
+    got, want = _arrays(store_path), _arrays(Path(ref_cfg.store))
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    cnns = {name: build_extractor(name, extractor_settings(cfg, name)) for name in ("openl3", "vgg16", "tce")}
+    logmel = build_extractor("logmel")
+    audio_paths = {p.name: p for p in (data / "audio").rglob("*.wav")}
+    checked = 0
+    for row, cid in enumerate(store.clip_ids()):
+        audio = load_clip_audio(audio_paths[cid], cid, store.timing)
+        np.testing.assert_array_equal(store.read_feature("logmel", row), logmel.extract(audio.waveform, store.timing))
+        path = find_video(cfg.video_path, cid)
+        if path is None:
+            assert not store.present("openl3")[row]
+            continue
+        clip = decode_frames(path, cid, store.timing, size=cfg.frame_size,
+                             start=clip_start_in(path, parse_clip_name(cid)))
+        for name, ex in cnns.items():
+            alone = ex.embed(clip.frames).astype(np.float16)
+            np.testing.assert_array_equal(store.read_feature(name, row), alone, err_msg=f"{name} {cid}")
+            np.testing.assert_array_equal(store.mask(name)[row], clip.valid)
+        checked += 1
+    assert checked == int(store.present("openl3").sum()) >= 4
+
+
+def test_in_process_flow_prints_no_traceback_and_a_refusal_is_one_line(synth_set, tmp_path):
+    """`avsed extract` through Prefect in-process on a fresh PREFECT_HOME: a run prints no traceback (Prefect's own
+    machinery included), and an expected error (a missing weights file) is one line, from a plan task tried once."""
+    data = copy_set(synth_set, tmp_path / "data")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}  # the CLI's own defaults apply
+    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+               AVSED_WEIGHTS_DIR=str(tmp_path / "no-weights"), TORCH_HOME=str(tmp_path / "no-torch-home"))
+    with VideoServer(data / "videos") as server:
+        base = [sys.executable, "-m", "avsed.cli", "extract", "--metadata", str(data / "metadata"), "--audio-dir",
+                str(data / "audio"), "--url-template", server.url_template]
+        ok = subprocess.run(base + ["--store", str(tmp_path / "a.zarr"), "--features", "logmel"], env=env,
+                            capture_output=True, text=True, timeout=600)
+        refused = subprocess.run(base + ["--store", str(tmp_path / "b.zarr"), "--features", "logmel,openl3"], env=env,
+                                 capture_output=True, text=True, timeout=600)
+    out = ok.stdout + ok.stderr
+    assert ok.returncode == 0, out[-3000:]
+    assert "Traceback" not in out and "database is locked" not in out
+    assert "audio features computed {'logmel': 12}" in ok.stdout
+    out = refused.stdout + refused.stderr
+    assert refused.returncode == 2, out[-3000:]
+    assert "Traceback" not in out
+    errors = [ln for ln in refused.stderr.splitlines() if ln.startswith("avsed extract: error:")]
+    assert len(errors) == 1, out[-3000:]
+    assert errors[0].startswith("avsed extract: error: openl3: pretrained weights file 'openl3_image_mel256_env.h5' "
+                                "not found") and "--allow-random-weights" in errors[0]
+    # the plan task ran once: no retry of an error that cannot succeed on a retry
+    assert out.count("Task run 'plan' - Finished in state Failed") == 1 and "Retry" not in out

@@ -89,6 +89,32 @@ def test_deployment_run_completes_and_matches_in_process_run(prefect_env, refere
         serve_log.close()
     got, want = FeatureStore.open(store), FeatureStore.open(ref_cfg.store)
     assert list(got.clip_ids()) == list(want.clip_ids())
-    for name in ("logmel", "openl3"):
-        np.testing.assert_array_equal(got.mask(name), want.mask(name))
-        np.testing.assert_array_equal(got.read_feature(name), want.read_feature(name))
+    for name in ("logmel", "openl3", "vgg16", "tce"):
+        np.testing.assert_array_equal(got.mask(name), want.mask(name), err_msg=name)
+        np.testing.assert_array_equal(got.read_feature(name), want.read_feature(name), err_msg=name)
+
+    # What the run looks like in Prefect, read back through its API: task runs named after what they do (per
+    # shard), the GPU tag on the embedding tasks, a progress artifact and the extraction report.
+    api = env["PREFECT_API_URL"]
+    task_runs = api_post(api, "/task_runs/filter", {"limit": 200})
+    names = {t["name"] for t in task_runs}
+    shards = sorted({got.shard_of(r) for r in range(got.n_clips)})
+    assert {"plan", "statistics", "re-check[0 cached videos]"} <= names
+    assert {f"audio[logmel, shard {s}]" for s in shards} <= names
+    video_shards = {got.shard_of(r) for r in np.flatnonzero(got.present("openl3"))}
+    assert {f"download[shard {s}]" for s in video_shards} <= names
+    embeds = [t for t in task_runs if t["name"].startswith("embed[")]
+    assert {t["name"] for t in embeds} >= {f"embed[openl3+vgg16+tce, shard {s}]" for s in video_shards}
+    assert all("avsed-gpu" in t["tags"] for t in embeds)
+    assert all(t["state_type"] == "COMPLETED" for t in task_runs)
+    artifacts = {a["key"]: a for a in api_post(api, "/artifacts/filter", {"limit": 50}) if a.get("key")}
+    assert float(artifacts["extraction-progress"]["data"]) == 100.0
+    report = artifacts["extraction-report"]["data"]
+    assert "| video features computed |" in report and "'openl3': " in report
+
+
+def api_post(api: str, path: str, body: dict) -> list[dict]:
+    request = urllib.request.Request(api + path, data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
