@@ -42,6 +42,8 @@ def extract_config_from_args(args: argparse.Namespace):
         "recheck_missing": True if args.recheck_missing else None,
         "allow_random_weights": True if args.allow_random_weights else None,
         "frame_size": args.frame_size, "batch_clips": args.batch_clips,
+        "max_clips_in_flight": args.max_clips_in_flight, "decode_workers": args.decode_workers,
+        "recheck_after_days": args.recheck_after_days, "shards_in_flight": args.shards_in_flight,
     }
     download = {"url_template": args.url_template, "concurrency": args.concurrency,
                 "keep_videos": True if args.keep_videos else None}
@@ -86,10 +88,16 @@ def _print_report(report: dict) -> None:
     print(f"videos downloaded {report['videos_downloaded']}, missing {report['videos_missing']}, "
           f"failed (retried next run) {report['videos_failed']}, corrupt {report['videos_corrupt']}, "
           f"vanished since cached {report['newly_missing_cached']}")
+    if report.get("videos_not_attempted"):
+        print(f"downloads not attempted (the host kept refusing; tried again next run): {report['videos_not_attempted']}")
     print(f"video features computed {report['video_computed']}; {len(report['manifest_problems'])} manifest problems; "
-          f"{report['seconds']:.1f} s")
+          f"{len(report.get('label_changes', []))} label changes; {report['seconds']:.1f} s")
+    if report.get("stage_seconds"):
+        print("seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in report["stage_seconds"].items()))
     for p in report["manifest_problems"][:20]:
         print(f"  manifest problem: {p}")
+    for c in report.get("label_changes", [])[:20]:
+        print(f"  label change: {c}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -148,24 +156,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.set_defaults(func=cmd_serve_videos)
 
-    s = sub.add_parser("extract", help="run the extract-features flow in this process")
-    s.add_argument("--metadata")
-    s.add_argument("--audio-dir")
-    s.add_argument("--store")
-    s.add_argument("--features", help="comma separated: logmel,openl3,vgg16,tce")
-    s.add_argument("--url-template", help="video URL with a {youtube_id} field")
+    s = sub.add_parser("extract", help="extract features into a store (the extract-features flow in this process)")
+    s.add_argument("--metadata", help="DESED metadata folder (train/weak.tsv, validation/validation.tsv, ...)")
+    s.add_argument("--audio-dir", help="DESED audio folder (train/weak/, validation/, ...)")
+    s.add_argument("--store", help="the feature store to create or grow (features.zarr)")
+    s.add_argument("--features", help="comma separated: logmel,openl3,vgg16,tce (default logmel)")
+    s.add_argument("--url-template", help="video URL with a {youtube_id} field (default: YouTube's watch URL)")
     s.add_argument("--config", help="YAML file of ExtractConfig fields; flags override it")
     s.add_argument("--recheck-missing", action="store_true", help="retry videos recorded as permanently missing")
+    s.add_argument("--recheck-after-days", type=float,
+                   help="re-check cached clips' videos last checked more than this many days ago (default 30)")
     s.add_argument("--allow-random-weights", action="store_true",
                    help="use seeded random weights when a weights file is absent (recorded as weights: random)")
-    s.add_argument("--keep-videos", action="store_true")
-    s.add_argument("--concurrency", type=int)
-    s.add_argument("--frame-size", type=int)
-    s.add_argument("--batch-clips", type=int)
+    s.add_argument("--keep-videos", action="store_true", help="keep downloaded videos (default: deleted once written)")
+    s.add_argument("--concurrency", type=int, help="downloads at once for the whole run (default 4)")
+    s.add_argument("--frame-size", type=int, help="decoded frame size in pixels (default 224; recorded in provenance)")
+    s.add_argument("--batch-clips", type=int, help="clips per upload batch of the embedding worker (default 16)")
+    s.add_argument("--max-clips-in-flight", type=int,
+                   help="decoded clips in memory at once (default: a quarter of the available memory)")
+    s.add_argument("--decode-workers", type=int, help="ffmpeg decoder processes (default: the machine's cores)")
+    s.add_argument("--shards-in-flight", type=int,
+                   help="Prefect engine: shards downloaded or embedded at once (default 2; with Dask, its workers)")
     s.add_argument("--engine", choices=("prefect", "plain"), default="prefect",
-                   help="prefect: the extract-features flow in-process; plain: the same stages without Prefect")
-    s.add_argument("--dask-address", help="tcp://host:port of a dask.distributed scheduler to run tasks on")
-    s.add_argument("--json", action="store_true")
+                   help="prefect: the extract-features flow in-process; plain: the same pipeline without Prefect")
+    s.add_argument("--dask-address", help="tcp://host:port of a dask.distributed scheduler to run shard tasks on")
+    s.add_argument("--json", action="store_true", help="print the run's report as one JSON line")
     s.set_defaults(func=cmd_extract)
 
     s = sub.add_parser("status", help="what a store holds")
