@@ -3,7 +3,8 @@
 A worker decodes a clip's frames (`pipeline.frames.decode_frames`) and hashes them once for de-duplication
 (`features.frame_dedup.unique_frames`), so the hashing is spread over the cores and done once for every CNN.
 Workers are started with `spawn`: the parent may hold CUDA and many threads, which a forked child must not inherit,
-and they import neither torch nor Prefect. The pool itself does not bound anything: the streaming pipeline submits
+and they import neither torch nor Prefect. In a daemonic process (a Dask worker), which may not have children of its
+own, threads drive the ffmpeg processes instead. The pool itself does not bound anything: the streaming pipeline submits
 a clip only while it holds one of its `max_clips_in_flight` slots.
 """
 
@@ -14,7 +15,7 @@ import multiprocessing
 import os
 import threading
 import time
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,8 +87,15 @@ class DecodePool:
         self.timing = timing
         self.frame_size = int(frame_size)
         self.dedup = bool(dedup)
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_watch_parent)
+        if multiprocessing.current_process().daemon:
+            # A daemonic process (a Dask worker) may not start children through multiprocessing. ffmpeg still runs
+            # as a process of its own per clip; threads drive them (hashing and ffmpeg's I/O release the GIL).
+            self.kind = "threads"
+            self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="avsed-decode")
+        else:
+            self.kind = "processes"
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_watch_parent)
 
     def submit(self, clip_id: str, path: str | Path, start: float = 0.0) -> "Future[DecodedFrames]":
         inner = self._pool.submit(_decode, str(path), clip_id, self.timing, self.frame_size, float(start), self.dedup)
