@@ -10,6 +10,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipeline.errors import AvsedError
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -18,9 +22,12 @@ def _csv(value: str) -> tuple[str, ...]:
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from pipeline.synth import SynthConfig, make_synthetic_dataset
+    from pipeline.synth_failures import ALL_FAILURE_CASES
 
+    cases = ALL_FAILURE_CASES if args.failure_cases == "all" else _csv(args.failure_cases or "")
     summary = make_synthetic_dataset(args.out, SynthConfig(clips=args.clips, seed=args.seed,
-                                                           missing_fraction=args.missing_fraction))
+                                                           missing_fraction=args.missing_fraction,
+                                                           failure_cases=tuple(cases)))
     print(summary)
     return 0
 
@@ -29,7 +36,7 @@ def cmd_serve_videos(args: argparse.Namespace) -> int:
     from pipeline.serve import serve_videos
 
     print(f"serving {args.directory} on http://{args.host}:{args.port}/<youtube_id>.mp4 (Ctrl-C or SIGTERM stops)")
-    serve_videos(args.directory, args.port, args.host)
+    serve_videos(args.directory, args.port, args.host, removed_status=args.removed_status)
     return 0
 
 
@@ -108,6 +115,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_migrate_store(args: argparse.Namespace) -> int:
+    from pipeline.store_migrate import migrate_store
+
+    report = migrate_store(args.store, clips_per_shard=args.clips_per_shard)
+    print(f"{report.store}: migrated to format 2 ({report.clips} clips; rows per feature {report.features}); "
+          f"the format-1 store is kept as {report.backup} (delete it once you have checked the new one)")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from training.cli import run_train
 
@@ -141,19 +157,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="avsed", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error (expected errors are "
+                                                        "one line: what, which file or clip, what to do)")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="write a small DESED-shaped synthetic data set")
-    s.add_argument("out")
-    s.add_argument("--clips", type=int, default=120)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--missing-fraction", type=float, default=0.155)
+    s.add_argument("out", help="output folder (metadata/, audio/, videos/, truth/)")
+    s.add_argument("--clips", type=int, default=120, help="number of clips over all partitions")
+    s.add_argument("--seed", type=int, default=0, help="random seed (the set is a pure function of its settings)")
+    s.add_argument("--missing-fraction", type=float, default=0.155,
+                   help="share of YouTube clips whose video is gone (DESED: about 15.5%%)")
+    s.add_argument("--failure-cases", help="'all' or comma separated names: add clips that exercise the extraction's "
+                                           "failure paths (corrupt video, 503/429 once, unreadable audio, ...); their "
+                                           "expected outcomes go to truth/failures.tsv")
     s.set_defaults(func=cmd_synth)
 
-    s = sub.add_parser("serve-videos", help="serve DIR/<youtube_id>.mp4 on 127.0.0.1 (absent ids answer 404)")
-    s.add_argument("directory")
-    s.add_argument("--port", type=int, default=8765)
-    s.add_argument("--host", default="127.0.0.1")
+    s = sub.add_parser("serve-videos", help="serve DIR/<youtube_id>.mp4 on 127.0.0.1 (absent ids answer 404; "
+                                            "DIR/answers.json scripts per-id answers, see pipeline.serve)")
+    s.add_argument("directory", help="folder of <youtube_id>.mp4 files")
+    s.add_argument("--port", type=int, default=8765, help="TCP port (default 8765)")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1 only)")
+    s.add_argument("--removed-status", type=int, default=404,
+                   help="HTTP status for ids listed in DIR/removed.txt (410 plays a removed video)")
     s.set_defaults(func=cmd_serve_videos)
 
     s = sub.add_parser("extract", help="extract features into a store (the extract-features flow in this process)")
@@ -183,10 +208,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the run's report as one JSON line")
     s.set_defaults(func=cmd_extract)
 
-    s = sub.add_parser("status", help="what a store holds")
-    s.add_argument("store")
-    s.add_argument("--json", action="store_true")
+    s = sub.add_parser("status", help="what a store holds (reads only: no lock, works on a read-only store)")
+    s.add_argument("store", help="the feature store (features.zarr)")
+    s.add_argument("--json", action="store_true", help="print the status as JSON")
     s.set_defaults(func=cmd_status)
+
+    s = sub.add_parser("migrate-store", help="rewrite a store of an earlier format (1) in the current one (2)")
+    s.add_argument("store", help="the feature store; the old one is kept as <store>.format1")
+    s.add_argument("--clips-per-shard", type=int, default=128, help="clips per shard file of the new store")
+    s.set_defaults(func=cmd_migrate_store)
 
     s = sub.add_parser("train", help="train a model on a cached store")
     s.add_argument("--store", required=True)
@@ -231,9 +261,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _expected(exc: BaseException) -> AvsedError | None:
+    """The user-fixable refusal behind `exc` (itself or a cause, e.g. re-raised by a Prefect task), if any."""
+    from pipeline.errors import AvsedError
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, AvsedError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    parser = build_parser()
+    for subparser in parser._subparsers._group_actions[0].choices.values():  # `avsed <command> ... --debug` too
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                               help="show the full traceback of an error")
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print(f"avsed {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - expected refusals become one line; bugs keep their traceback
+        refusal = _expected(exc)
+        if refusal is None or getattr(args, "debug", False):
+            raise
+        message = " ".join(str(refusal).split())
+        print(f"avsed {args.command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from pipeline.classes import DESED_CLASSES
+from pipeline.errors import AvsedError
 from pipeline.labels import Event
 from pipeline.manifest import DESED_2020_PARTITIONS, PartitionSpec
 from pipeline.synth_failures import (FAILURE_CASES, REMOVED_STATUS, SHORT_HELD_SECONDS, TRUNCATED_HELD_SECONDS,
@@ -52,7 +53,7 @@ VIDEO_KINDS = ("content", "still", "black", "absent", "corrupt")  # corrupt: fai
 _ID_ALPHABET = string.ascii_letters + string.digits + "_-"
 
 
-class SynthConfigError(ValueError):
+class SynthConfigError(AvsedError, ValueError):
     """A synthetic data set configuration that cannot be realised."""
 
 
