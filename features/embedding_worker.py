@@ -72,25 +72,30 @@ class PackedClip:
 class UploadBatch:
     """Whole clips packed into a staging buffer of `capacity` frames."""
 
-    buffer: np.ndarray  # (capacity, S, S, 3) uint8; a view of pinned memory on a GPU
+    tensor: torch.Tensor  # (capacity, S, S, 3) uint8 staging buffer: pinned host memory when the worker is on a GPU
     clips: list[PackedClip] = field(default_factory=list)
     used: int = 0
     _slot: int = -1
 
     @property
+    def buffer(self) -> np.ndarray:
+        """The staging buffer as numpy (the same memory)."""
+        return self.tensor.numpy()
+
+    @property
     def capacity(self) -> int:
-        return int(self.buffer.shape[0])
+        return int(self.tensor.shape[0])
 
     def fits(self, clip: DistinctFrames) -> bool:
         return self.used + clip.n_frames <= self.capacity
 
     def add(self, clip: DistinctFrames) -> None:
-        if clip.frames.shape[1:] != self.buffer.shape[1:]:
+        if tuple(clip.frames.shape[1:]) != tuple(self.tensor.shape[1:]):
             raise ValueError(f"clip {clip.key}: frames shaped {clip.frames.shape[1:]}, this worker takes "
-                             f"{self.buffer.shape[1:]}")
+                             f"{tuple(self.tensor.shape[1:])}")
         if not self.fits(clip):
             raise ValueError(f"clip {clip.key}: {clip.n_frames} frames do not fit ({self.used}/{self.capacity} used)")
-        self.buffer[self.used:self.used + clip.n_frames] = clip.frames
+        self.tensor.numpy()[self.used:self.used + clip.n_frames] = clip.frames
         self.clips.append(PackedClip(clip.key, self.used, clip.inverse, clip.valid))
         self.used += clip.n_frames
 
@@ -134,7 +139,7 @@ class EmbeddingWorker:
         self.device = extractors[0].device
         self.upload_frames = int(upload_frames)
         self.frame_shape = (int(frame_size), int(frame_size), 3)
-        self._buffers: list[np.ndarray | None] = [None] * STAGING_BUFFERS
+        self._buffers: list[torch.Tensor | None] = [None] * STAGING_BUFFERS
         self._free = list(range(STAGING_BUFFERS))
         self.batches_launched = 0
         self.frames_uploaded = 0
@@ -148,15 +153,12 @@ class EmbeddingWorker:
             ex.load()
         return self
 
-    def _buffer(self, slot: int) -> np.ndarray:
+    def _buffer(self, slot: int) -> torch.Tensor:
         buf = self._buffers[slot]
         if buf is None:
-            shape = (self.upload_frames,) + self.frame_shape
-            if self.device.type == "cuda":
-                # Pinned host memory: the upload is an asynchronous DMA, overlapping the packing of the next batch.
-                buf = torch.empty(shape, dtype=torch.uint8).pin_memory().numpy()
-            else:
-                buf = np.empty(shape, dtype=np.uint8)
+            # Pinned host memory on a GPU: the upload is an asynchronous DMA while the next batch is packed.
+            buf = torch.empty((self.upload_frames,) + self.frame_shape, dtype=torch.uint8,
+                              pin_memory=self.device.type == "cuda")
             self._buffers[slot] = buf
         return buf
 
@@ -179,7 +181,7 @@ class EmbeddingWorker:
             return PendingEmbeddings(self, batch, {}, None)
         self.load()
         cuda = self.device.type == "cuda"
-        x = torch.from_numpy(batch.buffer[:batch.used])
+        x = batch.tensor[:batch.used]
         if cuda:
             x = x.to(self.device, non_blocking=True)
         outputs = {}

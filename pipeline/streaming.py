@@ -28,7 +28,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from features.embedding_worker import DistinctFrames, EmbeddingWorker, UploadBatch, distinct_frames, group_by_device
+from features.embedding_worker import EmbeddingWorker, UploadBatch, distinct_frames, group_by_device
 from features.image_batching import TorchImageExtractor
 from pipeline.decode_pool import DecodedFrames, DecodePool, default_decode_workers
 from pipeline.download import DownloadResult, clip_start_in, find_video
@@ -331,19 +331,26 @@ class VideoStream:
                     with self._lock:
                         nothing_coming = self._upstream == 0
                     if nothing_coming and q.empty():
-                        pending, batch = worker.launch(batch), worker.new_batch()
+                        pending, batch = self._launch(worker, batch), worker.new_batch()
                 continue
             if not batch.fits(clip):
                 if pending is not None:
                     self._deliver(stage, pending)
-                pending, batch = worker.launch(batch), worker.new_batch()
+                pending, batch = self._launch(worker, batch), worker.new_batch()
             batch.add(clip)
             key, clip = clip.key, None  # its frames now live in the upload buffer: drop the decoded copy
             self._packed(key)
         if pending is not None:
             self._deliver(stage, pending)
         if len(batch):
-            self._deliver(stage, worker.launch(batch))
+            self._deliver(stage, self._launch(worker, batch))
+
+    def _launch(self, worker: EmbeddingWorker, batch: UploadBatch):
+        # On a GPU this only queues the work (the time shows in `_deliver`); on a CPU it computes.
+        t0 = time.perf_counter()
+        pending = worker.launch(batch)
+        self._add_seconds("embed", time.perf_counter() - t0)
+        return pending
 
     def _deliver(self, stage: str, pending) -> None:
         t0 = time.perf_counter()
