@@ -1,4 +1,4 @@
-"""The `avsed` command: synth, serve-videos, extract, status, train, evaluate, report, serve, demo.
+"""The `avsed` command: synth, serve-videos, extract, status, train, paper, evaluate, report, serve, demo.
 
 Each subcommand parses flags and calls one plain function of the packages; imports are lazy so that
 `avsed status` does not pay for torch and Prefect.
@@ -130,6 +130,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return run_train(args)
 
 
+def cmd_paper(args: argparse.Namespace) -> int:
+    from training.cli import run_paper_command
+
+    return run_paper_command(args)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from evaluation.cli import run_evaluate
 
@@ -218,15 +224,41 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clips-per-shard", type=int, default=128, help="clips per shard file of the new store")
     s.set_defaults(func=cmd_migrate_store)
 
-    s = sub.add_parser("train", help="train a model on a cached store")
-    s.add_argument("--store", required=True)
-    s.add_argument("--config", help="YAML training config (configs/*.yaml)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--resume", action="store_true")
-    s.add_argument("--seed", type=int)
-    s.add_argument("--steps", type=int)
-    s.add_argument("--device")
+    from training.cli import seeds_argument
+
+    s = sub.add_parser("train", help="train a model (or several seeds of it together) on a cached store")
+    s.add_argument("--store", required=True, help="the feature store (features.zarr) to train on")
+    s.add_argument("--config", help="YAML training config (configs/*.yaml); default: the paper's settings")
+    s.add_argument("--out", required=True, help="run directory; with --seeds, one <out>/seed<k> per seed")
+    s.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoints in --out (bit-exact); finished seeds are not trained again")
+    s.add_argument("--seed", type=int, help="the seed of a single run (overrides the config's)")
+    s.add_argument("--seeds", type=seeds_argument,
+                   help="train these seeds together in one process, e.g. 0-19 or 0,3,5-7 (store read once, "
+                        "models stacked); each writes its own run directory")
+    s.add_argument("--steps", type=int, help="train N steps in all (one epoch of N batches) instead of 100 x 250")
+    s.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("paper", help="train, evaluate and tabulate the paper's Tables 5-8 on a store")
+    s.add_argument("--store", required=True, help="the feature store; models need the visual features it has")
+    s.add_argument("--out", required=True, help="output folder: runs/<model>/seed<k>/ and tables.md, table<N>.csv/png")
+    s.add_argument("--seeds", default="20", help="a count (20: seeds 0-19, the paper's) or seeds like 0-4 or 0,2")
+    s.add_argument("--architectures", default="transformer,conformer", help="comma separated")
+    s.add_argument("--features", help="visual features to use (default vgg16,openl3,tce; absent ones are skipped)")
+    s.add_argument("--train-audio-weights", default="0.75",
+                   help="training audio weights of the fixed-weight models, comma separated; with several, each "
+                        "row shows the one with the best validation EBF1 (the paper tried 0.25,0.5,0.75,0.875)")
+    s.add_argument("--inference-audio-weights", default="0.25,0.5,0.75,0.875",
+                   help="audio weights a multi-encoder model chooses from on validation EBF1 (paper 3.2.2)")
+    s.add_argument("--config", help="YAML of settings shared by every model (e.g. toy sizes); each model sets "
+                                    "its own architecture, encoders and interpolation weights")
+    s.add_argument("--steps", type=int, help="N steps per run instead of the paper's 100 x 250")
+    s.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    s.add_argument("--no-plots", action="store_true", help="skip the per-run evaluation plots (tables still get PNGs)")
+    s.add_argument("--engine", choices=("prefect", "plain"), default="prefect",
+                   help="prefect: the `paper` flow in-process; plain: the same steps without Prefect")
+    s.set_defaults(func=cmd_paper)
 
     s = sub.add_parser("evaluate", help="tune on validation, report on eval")
     s.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from training.config import CNNConfig
+from training.dropout import dropout_layer
 
 
 class CNNFrontEnd(nn.Module):
@@ -24,7 +25,7 @@ class CNNFrontEnd(nn.Module):
                 nn.Conv2d(in_ch, out_ch, kernel_size=k, padding=k // 2),
                 nn.BatchNorm2d(out_ch, momentum=bn_momentum),
                 nn.ReLU(),
-                nn.Dropout(config.dropout),
+                dropout_layer(config.dropout),
                 nn.AvgPool2d(kernel_size=tuple(pool)),
             ))
             in_ch = out_ch

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 ARCHITECTURES = ("transformer", "conformer")
+DTYPES = ("float32", "float64", "float16", "bfloat16")
 AUDIO_STREAM = "logmel"
 
 
@@ -87,16 +88,25 @@ class TrainConfig:
     mixup_alpha: float = 0.2
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    bf16: bool = False  # bf16 autocast on CUDA
-    compile: bool = False  # torch.compile the model (CUDA)
+    # bf16 autocast and TF32 matmuls: None = on for CUDA, off elsewhere. A run records the resolved values.
+    bf16: bool | None = None
+    tf32: bool | None = None
+    # Capture the whole training step in a CUDA graph after a few eager warm-up steps (CUDA only; elsewhere
+    # the step runs eagerly, with a warning). The step is the same arithmetic either way.
+    compile: bool = False
     feature_dtype: str = "float32"  # dtype of the resident features (float16/bfloat16 halves GPU memory)
+    model_dtype: str = "float32"  # parameters and arithmetic (float64 for exactness checks on the CPU)
     # Standardise each visual embedding per dimension with the store's statistics over the training clips'
     # real frames, as the paper does for log-mel. Not stated for the embeddings in the paper; without it a
     # pretrained (or random) CNN's large shared offsets drown the frame-to-frame differences, and the visual
     # stream learned nothing in short runs (the demo's clip F1 with video equalled that with video ignored).
     standardise_visual: bool = True
-    log_every: int = 50
+    log_every: int = 50  # loss terms are summed on the device and read (averaged) every this many steps
     checkpoint_every: int = 2500
+    # Validation metrics (CBF1, SBF1, EBF1, PSDS1 of student and teacher) every this many steps; 0 = off.
+    # The paper's result stays the student after the last step, evaluated by `avsed evaluate`.
+    validate_every: int = 0
+    validation_partitions: list[str] = field(default_factory=lambda: ["validation"])
     progress: bool = True
 
     @property
@@ -126,7 +136,31 @@ class TrainConfig:
         cnn = self.model.cnn
         if not (len(cnn.filters) == len(cnn.kernel) == len(cnn.pooling)):
             raise ValueError("model.cnn filters, kernel and pooling need one entry per block")
+        for name in ("feature_dtype", "model_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise ValueError(f"{name} {getattr(self, name)!r} not in {DTYPES}")
+        if self.model_dtype == "float16":
+            raise ValueError("model_dtype float16 is not supported: use bf16: true (autocast) for half precision")
+        if not self.mixup_alpha > 0:
+            raise ValueError(f"mixup_alpha must be positive (Beta(alpha, alpha) ratios), got {self.mixup_alpha}")
+        if not 0 <= self.random_audio_low <= self.random_audio_high <= 1:
+            raise ValueError(f"need 0 <= random_audio_low <= random_audio_high <= 1, got "
+                             f"{self.random_audio_low}, {self.random_audio_high}")
+        for name in ("log_every", "checkpoint_every", "lr_decay_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.validate_every < 0:
+            raise ValueError(f"validate_every must be 0 (off) or positive, got {self.validate_every}")
         return self
+
+    def resolved(self, device_type: str) -> "TrainConfig":
+        """A copy with the automatic settings decided for a device type ("cuda", "cpu"): bf16 and TF32 on for
+        CUDA. The run saves this copy, so its config records what it actually did."""
+        out = TrainConfig.from_dict(self.to_dict())
+        cuda = device_type == "cuda"
+        out.bf16 = cuda if self.bf16 is None else bool(self.bf16)
+        out.tf32 = cuda if self.tf32 is None else bool(self.tf32)
+        return out
 
     def default_inference_weights(self) -> list[float]:
         n = len(self.encoders)
@@ -156,6 +190,18 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | Path) -> "TrainConfig":
         return cls.from_dict(yaml.safe_load(Path(path).read_text()))
+
+
+def merge_settings(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """`overrides` applied key by key: a nested section ({"model": {"d_model": 32}}) changes only the keys it
+    names, so a config file's other settings in that section (e.g. its architecture) stay."""
+    out = dict(base)
+    for key, value in (overrides or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_settings(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _build(cls, data: dict[str, Any]):

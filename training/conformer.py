@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from training.config import ModelConfig
+from training.dropout import dropout_layer
 from training.fusion import interpolate
 from training.relative_attention import RelativeMultiHeadAttention
 
@@ -21,8 +22,8 @@ from training.relative_attention import RelativeMultiHeadAttention
 class ConformerFeedForward(nn.Module):
     def __init__(self, d_model: int, ff_dim: int, dropout: float):
         super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, ff_dim), nn.SiLU(), nn.Dropout(dropout),
-                                 nn.Linear(ff_dim, d_model), nn.Dropout(dropout))
+        self.net = nn.Sequential(nn.LayerNorm(d_model), nn.Linear(d_model, ff_dim), nn.SiLU(), dropout_layer(dropout),
+                                 nn.Linear(ff_dim, d_model), dropout_layer(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -39,7 +40,7 @@ class ConvolutionModule(nn.Module):
         self.batch_norm = nn.BatchNorm1d(d_model, momentum=1.0 - bn_momentum_keras)
         self.act = nn.SiLU()
         self.pointwise_out = nn.Conv1d(d_model, d_model, 1)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = dropout_layer(dropout)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         h = self.glu(self.pointwise_in(self.norm(x).transpose(1, 2)))
@@ -65,7 +66,7 @@ class ConformerEncoderBlock(nn.Module):
         self.conv = ConvolutionModule(d, config.conv_kernel, config.dropout, config.cnn.batch_norm_momentum)
         self.ff_out = ConformerFeedForward(d, config.ff_dim, config.dropout)
         self.norm_out = nn.LayerNorm(d)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = dropout_layer(config.dropout)
 
     def forward(self, x: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
         x = x + 0.5 * self.ff_in(x)
@@ -88,7 +89,7 @@ class ConformerDecoderBlock(nn.Module):
         self.conv = ConvolutionModule(d, config.conv_kernel, config.dropout, config.cnn.batch_norm_momentum)
         self.ff_out = ConformerFeedForward(d, config.ff_dim, config.dropout)
         self.norm_out = nn.LayerNorm(d)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = dropout_layer(config.dropout)
 
     def forward(self, x: torch.Tensor, memories: Sequence[torch.Tensor], memory_valid: Sequence[torch.Tensor | None],
                 weights: torch.Tensor) -> torch.Tensor:

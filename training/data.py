@@ -3,8 +3,9 @@
 `load_clips` reads log-mel (standardised per bin with the store's statistics), the requested visual
 embeddings (standardised per dimension, by default) with their frame masks and clip-level availability,
 strong frame targets (64 per 10 s, from the store's events through the shared label encoder), weak clip targets and the supervision kind of each clip.
-`BatchComposer` draws each batch (32 strong + 32 weak + 64 unlabelled by default) as one index vector, so a
-step is a handful of batched `index_select`s on resident tensors: no per-sample Python, no worker processes.
+A training batch (32 strong + 32 weak + 64 unlabelled by default, drawn on the device by training/draws.py) is
+one index vector, so a step is a handful of batched `index_select`s on resident tensors: no per-sample Python,
+no worker processes.
 """
 
 from __future__ import annotations
@@ -158,50 +159,3 @@ def load_clips(store: FeatureStore, partitions: Sequence[str], encoders: Sequenc
     return ClipSet(rows=rows, clip_ids=store.clip_ids()[rows], partitions=part[rows],
                    durations=store.column("duration")[rows].astype(np.float32), tensors=tensors,
                    encoders=encoders, provenance={n: store.provenance(n) for n in encoders})
-
-
-class BatchComposer:
-    """Index vectors of training batches: `sizes[k]` clips of each supervision kind per batch, in kind order.
-
-    Each kind cycles through its clips in a fresh random permutation per pass (like DESED's concatenated
-    random samplers). The permutation of pass e is a pure function of (seed, kind, e), so the batch of any
-    step can be recomputed: resuming needs no sampler state.
-    """
-
-    def __init__(self, kind: np.ndarray, sizes: Sequence[int], seed: int):
-        self.members = [np.flatnonzero(kind == k) for k in range(len(sizes))]
-        self.sizes = list(sizes)
-        self.seed = seed
-        for k, (m, size) in enumerate(zip(self.members, self.sizes)):
-            if size > 0 and len(m) == 0:
-                name = [n for n, c in KIND_CODES.items() if c == k][0]
-                raise TrainingDataError(f"batch asks for {size} {name} clips per step but the training partitions have none")
-        self._perm_cache: dict[tuple[int, int], np.ndarray] = {}
-        bounds = np.cumsum([0] + self.sizes)
-        self.slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
-
-    @property
-    def batch_size(self) -> int:
-        return sum(self.sizes)
-
-    def _perm(self, k: int, epoch: int) -> np.ndarray:
-        key = (k, epoch)
-        if key not in self._perm_cache:
-            if len(self._perm_cache) > 16:
-                self._perm_cache.clear()
-            rng = np.random.default_rng([self.seed, k, epoch])
-            self._perm_cache[key] = self.members[k][rng.permutation(len(self.members[k]))]
-        return self._perm_cache[key]
-
-    def indices(self, step: int) -> np.ndarray:
-        out = []
-        for k, size in enumerate(self.sizes):
-            if size == 0:
-                continue
-            n = len(self.members[k])
-            pos = step * size + np.arange(size)
-            epochs, offsets = pos // n, pos % n
-            for e in np.unique(epochs):
-                sel = epochs == e
-                out.append(self._perm(k, int(e))[offsets[sel]])
-        return np.concatenate(out)

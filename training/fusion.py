@@ -26,13 +26,13 @@ def resolve_weights(base: torch.Tensor, available: torch.Tensor) -> torch.Tensor
     as the paper does whenever visuals are unavailable.
     """
     available = available.to(torch.bool)
-    base = base.to(torch.float32)
+    base = base if base.is_floating_point() else base.to(torch.float32)
     if base.dim() == 1:
         base = base.unsqueeze(0).expand(available.shape[0], -1)
     w = torch.where(available, base, torch.zeros_like(base))
     total = w.sum(dim=1, keepdim=True)
     audio_only = torch.zeros_like(w)
-    audio_only[:, 0] = 1.0
+    audio_only.select(1, 0).fill_(1.0)  # not `[:, 0] = 1.0`: that makes a tensor from host data
     empty = total <= 0
     w = torch.where(empty, audio_only, w / torch.where(empty, torch.ones_like(total), total))
     return w

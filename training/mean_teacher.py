@@ -4,6 +4,7 @@ the student's, decay 0.999 per training step (paper section 3.1.5)."""
 from __future__ import annotations
 
 import copy
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -23,7 +24,13 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     Buffers (batch-norm running statistics) are not averaged: the teacher runs its own forward passes in
     training mode on the same batches and tracks its own statistics, as in the DESED baseline.
     """
-    t_params = [p for p in teacher.parameters()]
-    s_params = [p.detach() for p in student.parameters()]
+    ema_update_(list(teacher.parameters()), list(student.parameters()), decay)
+
+
+@torch.no_grad()
+def ema_update_(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor], decay: float) -> None:
+    """The same on lists of tensors (e.g. parameters stacked over seeds), in place on `teacher`."""
+    t_params = list(teacher)
+    s_params = [p.detach() for p in student]
     torch._foreach_mul_(t_params, decay)
     torch._foreach_add_(t_params, s_params, alpha=1.0 - decay)

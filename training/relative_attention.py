@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.attention import MultiHeadAttention, key_mask_bias
+from training.attention import MultiHeadAttention, attend, key_mask_bias
 
 
 def relative_shift(x: torch.Tensor, tk: int) -> torch.Tensor:
@@ -59,7 +59,6 @@ class RelativeMultiHeadAttention(MultiHeadAttention):
         mask = key_mask_bias(key_valid, bias.dtype)
         if mask is not None:
             bias = bias + mask
-        # SDPA adds `attn_mask` to (q + u) k^T / sqrt(d) before the softmax: exactly the TXL score.
-        o = F.scaled_dot_product_attention(q + self.bias_u[:, None].to(q.dtype), k, v, attn_mask=bias,
-                                           dropout_p=self.attn_dropout if self.training else 0.0)
+        # `attend` adds the bias to (q + u) k^T / sqrt(d) before the softmax: exactly the TXL score.
+        o = attend(q + self.bias_u[:, None].to(q.dtype), k, v, bias, self.attn_dropout, self.training)
         return self.out(self.merge(o))

@@ -1,38 +1,51 @@
-"""The training loop: mean-teacher training of a multi-encoder model on the cached feature store.
+"""The training loop: mean-teacher training of multi-encoder models on the cached feature store, one seed or
+many seeds of one configuration at once.
 
-`train(store_path, config, out_dir, resume=False)` reads only the store, writes `config.yaml`, a
-JSON-lines log, TensorBoard event files and `checkpoint.pt` (student, teacher, optimiser, scheduler, step,
-RNG states, config, feature provenance). With `resume=True` it continues from `checkpoint.pt` and reaches
-the same parameters as an uninterrupted run (the batch sampler is a pure function of the step; the
-dropout and mixup RNG states are checkpointed).
+`train(store, config, out_dir)` trains one run (seed `config.seed`); `train_group(store, config, runs)` trains
+the seeds of one configuration together in one process (`runs`: seed -> run directory): the store is read once,
+the features sit in (GPU) memory once and the seeds' models are stacked (training/group.py). Every seed writes
+its own run directory, exactly as a run of its own: `config.yaml`, `log.jsonl`, TensorBoard event files and
+`checkpoint.pt`. A seed's batches, mixup and interpolation-weight draws are the same alone or in a group
+(training/draws.py); with dropout 0 its parameters agree to rounding.
+
+With `resume=True` a run (or group) continues from its checkpoints and reaches the same parameters as an
+uninterrupted run: draws are pure functions of (seed, step); the optimiser state, the torch RNG (dropout) and the
+loss sums since the last log line are checkpointed. Seeds of a group whose checkpoints are at different steps
+(e.g. seeds added to a finished group) are trained in sub-groups by step; finished seeds are not trained again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping, Sequence
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from pipeline.store import FeatureStore
+from training.checkpoint import CHECKPOINT, FORMAT, load_checkpoints, save_checkpoints
 from training.config import TrainConfig
-from training.data import BatchComposer, ClipSet, load_clips
-from training.fusion import resolve_weights
-from training.loss import mean_teacher_loss
-from training.mean_teacher import ema_update, make_teacher
-from training.mixup import maybe_mixup
-from training.models import build_model
+from training.data import ClipSet, load_clips
+from training.draws import DRAW_CHUNK, BatchSchedule, StepDraws, draw_chunk, stream_seed
+from training.group import StackedModels, build_seed_model, skeleton_of
+from training.mean_teacher import make_teacher
+from training.optimizer import RAdam
+from training.step import LOGGED_TERMS, LOSS_TERMS, DeviceCounters, TrainStep
+from training.validation import load_validation, validate
 
-CHECKPOINT = "checkpoint.pt"
+__all__ = ["CHECKPOINT", "TrainResult", "TrainingGroup", "train", "train_group", "prepare_group", "resolve_device",
+           "as_config", "load_training_data"]
+
 # Settings that may change between an interrupted run and its resumption without changing the result.
-# The schedule length may grow: nothing but the loop end depends on it.
-_RESUMABLE_KEYS = {"device", "progress", "log_every", "checkpoint_every", "epochs", "steps_per_epoch"}
+# The schedule length may grow: nothing but the loop end depends on it. Validation only reads the models.
+_RESUMABLE_KEYS = {"device", "progress", "log_every", "checkpoint_every", "epochs", "steps_per_epoch",
+                   "validate_every", "validation_partitions"}
+_DROPOUT_STREAM = 3  # generator-seed key of the torch RNG that drives dropout (training/draws.stream_seed)
 
 
 @dataclass
@@ -43,6 +56,7 @@ class TrainResult:
     last_losses: dict[str, float]
     samples_per_second: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    trained_steps: int = 0  # steps this call trained (0 when the run was already complete)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,39 +73,6 @@ def as_config(config: TrainConfig | dict | str | Path) -> TrainConfig:
     return TrainConfig.load(config)
 
 
-def sample_training_weights(config: TrainConfig, rng: np.random.Generator) -> torch.Tensor:
-    """Base interpolation weights (S,) of one batch (renormalised per clip later by availability)."""
-    n = len(config.encoders)
-    w = config.interpolation_weights
-    if n == 1:
-        return torch.ones(1)
-    if w == "random":
-        a = float(rng.uniform(config.random_audio_low, config.random_audio_high))
-        return torch.tensor([a] + [(1.0 - a) / (n - 1)] * (n - 1))
-    if w is None:
-        return torch.full((n,), 1.0 / n)
-    return torch.tensor([float(x) for x in w])
-
-
-def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": rng.bit_generator.state}
-
-
-def _set_rng_state(state: dict[str, Any], rng: np.random.Generator) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    rng.bit_generator.state = state["numpy"]
-
-
-def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # atomic: a crash never leaves a half-written checkpoint
-
-
 def load_training_data(store_path: str | Path, config: TrainConfig, device: torch.device) -> ClipSet:
     store = FeatureStore.open(store_path)
     kinds = {p: "strong" for p in config.strong_partitions}
@@ -105,119 +86,305 @@ def load_training_data(store_path: str | Path, config: TrainConfig, device: torc
 def train(store_path: str | Path, config: TrainConfig | dict | str | Path | None, out_dir: str | Path,
           resume: bool = False, stop_after: int | None = None, data: ClipSet | None = None,
           progress_desc: str = "train", progress_position: int | None = None) -> TrainResult:
-    """Train (or resume) a run. `stop_after` ends the loop early at that step with a checkpoint, as an
+    """Train (or resume) one run. `stop_after` ends the loop early at that step with a checkpoint, as an
     interruption would (used by tests and benchmarks); `data` reuses already loaded tensors;
-    `progress_desc` / `progress_position` label and place the progress bar (runs side by side)."""
+    `progress_desc` / `progress_position` label and place the progress bar (runs side by side). With
+    `config=None` a resumed run uses its checkpoint's config."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / CHECKPOINT
-    checkpoint = None
-    if resume and ckpt_path.exists():
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if config is None:
+        if not (resume and (out_dir / CHECKPOINT).exists()):
+            raise ValueError("train() needs a config unless it resumes from a checkpoint")
+        seed = int(torch.load(out_dir / CHECKPOINT, map_location="cpu", weights_only=False)["config"]["seed"])
+    else:
+        config = as_config(config)
+        seed = config.seed
+    return train_group(store_path, config, {seed: out_dir}, resume=resume, stop_after=stop_after, data=data,
+                       progress_desc=progress_desc, progress_position=progress_position)[0]
+
+
+def train_group(store_path: str | Path, config: TrainConfig | dict | str | Path | None,
+                runs: Mapping[int, str | Path], resume: bool = False, stop_after: int | None = None,
+                data: ClipSet | None = None, progress_desc: str = "train",
+                progress_position: int | None = None) -> list[TrainResult]:
+    """Train the seeds of one configuration together; `runs` maps each seed to its run directory. Returns one
+    result per seed, in the order of `runs`. `config=None` (with resume) takes each run's checkpoint config."""
+    seeds = [int(s) for s in runs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds listed twice: {seeds}")
+    dirs = [Path(runs[s]) for s in runs]
+    for d in dirs:
+        d.mkdir(parents=True, exist_ok=True)
+    checkpoints = load_checkpoints(dirs) if resume else [None] * len(dirs)
+    configs = [_run_config(config, ckpt, seed, d) for seed, d, ckpt in zip(seeds, dirs, checkpoints)]
+    shared = {json.dumps({**c.to_dict(), "seed": 0}, sort_keys=True) for c in configs}
+    if len(shared) != 1:
+        raise ValueError(f"the runs {[str(d) for d in dirs]} hold different configurations; a group trains the seeds "
+                         f"of one configuration (resume them separately)")
+    device = resolve_device(configs[0].device)
+    configs = [c.resolved(device.type) for c in configs]
+    template = configs[0]
+    total = template.total_steps if stop_after is None else min(stop_after, template.total_steps)
+    # Seeds whose checkpoints are at the same step train together (the common case: all of them).
+    by_step: dict[int, list[int]] = {}
+    for k, ckpt in enumerate(checkpoints):
+        by_step.setdefault(0 if ckpt is None else int(ckpt["step"]), []).append(k)
+    if data is None and min(by_step) < total:  # finished runs need no features
+        data = load_training_data(store_path, template, device)
+    for d, ckpt in zip(dirs, checkpoints):
+        if ckpt is not None and data is not None:
+            _check_provenance(ckpt, data, store_path, d)
+    results: dict[int, TrainResult] = {}
+    for start, members in sorted(by_step.items()):
+        cohort = _Cohort(store_path, template, [seeds[k] for k in members], [dirs[k] for k in members],
+                         [checkpoints[k] for k in members], data, device)
+        for k, result in zip(members, cohort.run(total, progress_desc, progress_position)):
+            results[k] = result
+    return [results[k] for k in range(len(seeds))]
+
+
+def _run_config(given: TrainConfig | dict | str | Path | None, checkpoint: dict | None, seed: int,
+                out_dir: Path) -> TrainConfig:
+    if checkpoint is None:
+        if given is None:
+            raise ValueError(f"{out_dir}: no checkpoint to resume and no config given")
+        config = as_config(given)
+    else:
         stored = TrainConfig.from_dict(checkpoint["config"])
-        if config is not None:
-            given = as_config(config)
-            diff = {k for k, v in given.to_dict().items() if stored.to_dict()[k] != v} - _RESUMABLE_KEYS
-            if diff:
-                raise ValueError(f"{ckpt_path}: cannot resume with a different config (changed: {sorted(diff)})")
-            config = given
-        else:
+        if given is None:
             config = stored
-    elif config is None:
-        raise ValueError("train() needs a config unless it resumes from a checkpoint")
-    config = as_config(config)
-    config.save(out_dir / "config.yaml")
-    device = resolve_device(config.device)
+        else:
+            config = as_config(given)
+            # The stored config is the resolved one (bf16/tf32 decided for its device): compare like with like.
+            device_type = resolve_device(stored.device).type
+            a = config.resolved(device_type).to_dict()
+            b = stored.resolved(device_type).to_dict()
+            diff = {k for k in a if a[k] != b[k]} - _RESUMABLE_KEYS - {"seed"}
+            if seed != stored.seed:
+                diff.add("seed")
+            if diff:
+                raise ValueError(f"{out_dir / CHECKPOINT}: cannot resume with a different config (changed: "
+                                 f"{sorted(diff)}); train into a new directory instead")
+    config = TrainConfig.from_dict({**config.to_dict(), "seed": seed})
+    return config
 
-    torch.manual_seed(config.seed)
-    rng = np.random.default_rng(config.seed)
-    if data is None:
-        data = load_training_data(store_path, config, device)
-    if checkpoint is not None:
-        for name, prov in checkpoint["provenance"].items():
-            if json.dumps(prov, sort_keys=True) != json.dumps(data.provenance.get(name), sort_keys=True):
-                raise ValueError(f"{store_path}: feature {name!r} provenance differs from the checkpoint's; "
-                                 f"refusing to mix features made differently")
+
+def _check_provenance(checkpoint: dict, data: ClipSet, store_path, out_dir: Path) -> None:
+    for name, prov in checkpoint["provenance"].items():
+        if json.dumps(prov, sort_keys=True) != json.dumps(data.provenance.get(name), sort_keys=True):
+            raise ValueError(f"{store_path}: feature {name!r} provenance differs from the one {out_dir / CHECKPOINT} "
+                             f"was trained on; refusing to mix features made differently (train into a new directory)")
+
+
+@contextlib.contextmanager
+def _precision(device: torch.device, tf32: bool) -> Iterator[None]:
+    """TF32 matmuls and convolutions for this run only (torch's switches are process-wide)."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(tf32)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+class _RunLog:
+    """One seed's JSON-lines log and TensorBoard writer; on resume, lines after the checkpoint are dropped."""
+
+    def __init__(self, out_dir: Path, step: int, resume: bool):
+        from torch.utils.tensorboard import SummaryWriter
+
+        path = out_dir / "log.jsonl"
+        lines = path.read_text().splitlines() if (resume and path.exists()) else []
+        self.history = [h for h in (json.loads(x) for x in lines) if h["step"] <= step]
+        path.write_text("".join(json.dumps(h) + "\n" for h in self.history))
+        self.file = open(path, "a")
+        self.writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=step if step else None)
+
+    def write(self, entry: dict[str, Any], scalars: dict[str, float]) -> None:
+        self.history.append(entry)
+        self.file.write(json.dumps(entry) + "\n")
+        self.file.flush()
+        for k, v in scalars.items():
+            self.writer.add_scalar(k, v, entry["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        self.writer.close()
+
+
+class _Cohort:
+    """Seeds of one configuration that start from the same step, trained as one stacked group."""
+
+    def __init__(self, store_path, config: TrainConfig, seeds: list[int], dirs: list[Path],
+                 checkpoints: list[dict | None], data: ClipSet, device: torch.device):
+        self.store_path, self.config, self.seeds, self.dirs, self.data, self.device = \
+            store_path, config, seeds, dirs, data, device
+        self.configs = [TrainConfig.from_dict({**config.to_dict(), "seed": s}) for s in seeds]
+        self.checkpoints = checkpoints
+        self.step = 0 if checkpoints[0] is None else int(checkpoints[0]["step"])
+
+    def run(self, total: int, progress_desc: str, progress_position: int | None) -> list[TrainResult]:
+        for c, d in zip(self.configs, self.dirs):
+            c.save(d / "config.yaml")
+        if self.step >= total:
+            return [self._result(k, self.checkpoints[k], []) for k in range(len(self.seeds))]
+        with _precision(self.device, bool(self.config.tf32)):
+            return self._train(total, progress_desc, progress_position)
+
+    def _result(self, k: int, ckpt: dict, history: list, trained: int = 0, rate: float = 0.0) -> TrainResult:
+        log = self.dirs[k] / "log.jsonl"
+        if not history and log.exists():
+            history = [json.loads(x) for x in log.read_text().splitlines()]
+        last = next((h for h in reversed(history) if "total" in h), {})
+        losses = {k2: v for k2, v in last.items() if k2 in LOSS_TERMS}
+        return TrainResult(out_dir=self.dirs[k], checkpoint=self.dirs[k] / CHECKPOINT, steps=int(ckpt["step"]),
+                           last_losses=losses, samples_per_second=rate, history=history, trained_steps=trained)
+
+    def _train(self, total: int, progress_desc: str, progress_position: int | None) -> list[TrainResult]:
+        config, device, seeds = self.config, self.device, self.seeds
+        group = prepare_group(config, seeds, self.data, device, self.checkpoints)
+        validation = load_validation(self.store_path, config, device) if config.validate_every else None
+        resume = self.checkpoints[0] is not None
+        logs = [_RunLog(d, self.step, resume) for d in self.dirs]
+        batch = group.schedules[0].batch_size
+
+        def save(at_step: int) -> None:
+            save_checkpoints(self.dirs, group.checkpoint_payloads(at_step, self.configs, self.data, self.store_path))
+
+        step, start_step = self.step, self.step
+        t0 = time.perf_counter()
+        last_log_t, last_log_step = t0, step
+        try:
+            with tqdm(total=total, initial=step, desc=progress_desc, position=progress_position,
+                      disable=not config.progress, dynamic_ncols=True) as bar:
+                while step < total:
+                    group.before_step(step)
+                    group.step_fn()
+                    step += 1
+                    bar.update(1)
+                    if step % config.log_every == 0 or step == total:
+                        now = time.perf_counter()
+                        rate = (step - last_log_step) * batch / max(now - last_log_t, 1e-9)
+                        last_log_t, last_log_step = now, step
+                        lr = config.learning_rate * config.lr_decay_factor ** ((step - 1) // config.lr_decay_every)
+                        for log, losses in zip(logs, group.step_fn.read_losses()):
+                            entry = {"step": step, "lr": lr, **losses, "samples_per_second": rate}
+                            log.write(entry, {f"train/{k}": v for k, v in entry.items() if k != "step"})
+                        bar.set_postfix(loss=f"{logs[0].history[-1]['total']:.4f}")
+                    if validation is not None and (step % config.validate_every == 0 or step == total):
+                        metrics = validate(group.skeleton, group.student, group.teacher, validation, config)
+                        for log, m in zip(logs, metrics):
+                            log.write({"step": step, "validation": m},
+                                      {f"validation/{who}/{k}": v for who, ms in m.items() for k, v in ms.items()})
+                    if step % config.checkpoint_every == 0 and step < total:
+                        save(step)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            elapsed = time.perf_counter() - t0
+            save(step)
+        finally:
+            for log in logs:
+                log.close()
+        rate = (step - start_step) * batch / elapsed if step > start_step else 0.0
+        payload = {"step": step}
+        return [self._result(k, payload, logs[k].history, step - start_step, rate) for k in range(len(seeds))]
+
+
+@dataclass
+class TrainingGroup:
+    """Everything that trains a group of seeds on the device: stacked models, optimiser, draws, the step."""
+
+    config: TrainConfig
+    seeds: list[int]
+    device: torch.device
+    skeleton: torch.nn.Module
+    student: StackedModels
+    teacher: StackedModels
+    optimizer: RAdam
+    counters: DeviceCounters
+    schedules: list[BatchSchedule]
+    step_fn: TrainStep
+    visual_dims: list[int]
+    chunk: int
+
+    def draws(self, chunk: int) -> StepDraws:
+        c = self.config
+        return StepDraws.stack([draw_chunk(s, chunk, c.mixup_rate, c.mixup_alpha, c.random_audio_low,
+                                           c.random_audio_high) for s in self.schedules], dim=1)
+
+    def before_step(self, step: int) -> None:
+        """Host work before step `step` (0-based): refill the draw buffers at a chunk boundary, nothing else."""
+        if step // DRAW_CHUNK != self.chunk:
+            self.chunk = step // DRAW_CHUNK
+            self.step_fn.new_chunk(self.draws(self.chunk))
+
+    def checkpoint_payloads(self, step: int, configs: Sequence[TrainConfig], data: ClipSet,
+                            store_path) -> list[dict[str, Any]]:
+        rng = _rng_state(self.device)
+        sums = self.counters.loss_sums.cpu().tolist()
+        n = float(self.counters.loss_steps.cpu())
+        names = list(self.student.params)
+        return [{"model": self.student.state_dict(k), "teacher": self.teacher.state_dict(k),
+                 "optimizer": self.optimizer.state_of(k, names), "step": step, "rng": rng,
+                 "loss_sums": sums[k], "loss_steps": n, "config": configs[k].to_dict(),
+                 "encoders": list(self.config.encoders), "visual_dims": self.visual_dims,
+                 "provenance": data.provenance, "store": str(store_path), "format": FORMAT, "group": self.seeds}
+                for k in range(len(self.seeds))]
+
+
+def prepare_group(config: TrainConfig, seeds: Sequence[int], data: ClipSet, device: torch.device,
+                  checkpoints: Sequence[dict | None] | None = None) -> TrainingGroup:
+    """Build (or restore from per-seed checkpoints, all at one step) the stacked models, optimiser, draws and
+    step of a group of seeds. `config` must already be resolved for the device (TrainConfig.resolved)."""
+    seeds = [int(s) for s in seeds]
+    checkpoints = list(checkpoints) if checkpoints is not None else [None] * len(seeds)
     tensors = data.tensors
-    composer = BatchComposer(tensors.kind.cpu().numpy(), [config.batch_strong, config.batch_weak,
-                                                          config.batch_unlabelled], config.seed)
+    dtype = getattr(torch, config.model_dtype)
     visual_dims = [int(v.shape[-1]) for v in tensors.visual]
-    student = build_model(config.model, visual_dims).to(device)
-    teacher = make_teacher(student)
-    optimizer = torch.optim.RAdam(student.parameters(), lr=config.learning_rate)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.lr_decay_every, gamma=config.lr_decay_factor)
+    students = [build_seed_model(config.model, visual_dims, s, device, dtype) for s in seeds]
+    teachers = [make_teacher(m) for m in students]
+    skeleton = skeleton_of(students[0]).train()
+    student = StackedModels.stack(students, requires_grad=True)
+    teacher = StackedModels.stack(teachers, requires_grad=False)
+    del students, teachers
+    names = list(student.params)
+    optimizer = RAdam.create(student.parameter_list())
+    counters = DeviceCounters(position=torch.zeros(1, dtype=torch.int64, device=device),
+                              loss_sums=torch.zeros(len(seeds), len(LOGGED_TERMS), dtype=torch.float64, device=device),
+                              loss_steps=torch.zeros((), dtype=torch.float64, device=device))
     step = 0
-    if checkpoint is not None:
-        student.load_state_dict(checkpoint["model"])
-        teacher.load_state_dict(checkpoint["teacher"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        step = int(checkpoint["step"])
-        _set_rng_state(checkpoint["rng"], rng)
-    forward_student = torch.compile(student) if config.compile else student
-    forward_teacher = torch.compile(teacher) if config.compile else teacher
+    if checkpoints[0] is not None:
+        step = int(checkpoints[0]["step"])
+        student.load_state_dicts([c["model"] for c in checkpoints])
+        teacher.load_state_dicts([c["teacher"] for c in checkpoints])
+        optimizer.load_states([c["optimizer"] for c in checkpoints], names)
+        counters.loss_sums.copy_(torch.tensor([c["loss_sums"] for c in checkpoints], dtype=torch.float64))
+        counters.loss_steps.fill_(float(checkpoints[0]["loss_steps"]))
+        _set_rng_state(checkpoints[0]["rng"], device)
+    else:
+        torch.manual_seed(stream_seed(*seeds, _DROPOUT_STREAM))
+    sizes = [config.batch_strong, config.batch_weak, config.batch_unlabelled]
+    schedules = [BatchSchedule(tensors.kind, sizes, s).to(device) for s in seeds]
+    capture = config.compile and device.type == "cuda"
+    if config.compile and device.type != "cuda":
+        warnings.warn(f"compile: true captures the training step in a CUDA graph; on {device} the step runs eagerly",
+                      stacklevel=3)
+    group = TrainingGroup(config, seeds, device, skeleton, student, teacher, optimizer, counters, schedules,
+                          step_fn=None, visual_dims=visual_dims, chunk=step // DRAW_CHUNK)  # type: ignore[arg-type]
+    group.step_fn = TrainStep(config, skeleton, student, teacher, optimizer, tensors, group.draws(group.chunk),
+                              counters, device, capture)
+    counters.position.fill_(step % DRAW_CHUNK)
+    return group
 
-    log_path = out_dir / "log.jsonl"
-    # Drop log lines written after the checkpoint we resume from: they will be written again.
-    lines = log_path.read_text().splitlines() if (resume and log_path.exists()) else []
-    history = [json.loads(x) for x in lines if json.loads(x)["step"] <= step]
-    log_path.write_text("".join(json.dumps(h) + "\n" for h in history))
-    from torch.utils.tensorboard import SummaryWriter
-    writer = SummaryWriter(str(out_dir / "tensorboard"), purge_step=step if step else None)
 
-    def save(at_step: int) -> None:
-        _save_checkpoint(ckpt_path, {
-            "model": student.state_dict(), "teacher": teacher.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "step": at_step, "rng": _rng_state(rng),
-            "config": config.to_dict(), "encoders": config.encoders, "visual_dims": visual_dims,
-            "provenance": data.provenance, "store": str(store_path), "format": 1})
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
-    total = config.total_steps if stop_after is None else min(stop_after, config.total_steps)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda")
-    student.train()
-    teacher.train()  # the teacher sees dropout noise too (mean teacher); no gradients
-    last: dict[str, float] = {}
-    t0, start_step = time.perf_counter(), step
-    with tqdm(total=total, initial=step, desc=progress_desc, position=progress_position,
-              disable=not config.progress, dynamic_ncols=True) as bar, \
-            open(log_path, "a") as log:
-        while step < total:
-            idx = torch.from_numpy(composer.indices(step)).to(device)
-            batch = tensors.take(idx)
-            base = sample_training_weights(config, rng)
-            batch, _ = maybe_mixup(batch, composer.slices, rng, config.mixup_rate, config.mixup_alpha)
-            weights = resolve_weights(base.to(device), batch.available)
-            with autocast:
-                s_frame, s_clip = forward_student(batch.logmel, batch.visual, batch.visual_valid, weights)
-                with torch.no_grad():
-                    t_frame, t_clip = forward_teacher(batch.logmel, batch.visual, batch.visual_valid, weights)
-            terms = mean_teacher_loss(s_frame, s_clip, torch.sigmoid(t_frame.float()), torch.sigmoid(t_clip.float()),
-                                      batch.strong, batch.weak, batch.kind, config.consistency_weight)
-            optimizer.zero_grad(set_to_none=True)
-            terms.total.backward()
-            optimizer.step()
-            scheduler.step()
-            ema_update(teacher, student, config.ema_decay)
-            step += 1
-            bar.update(1)
-            if step % config.log_every == 0 or step == total:
-                last = terms.as_floats()
-                entry = {"step": step, "lr": scheduler.get_last_lr()[0], **last,
-                         "samples_per_second": (step - start_step) * composer.batch_size / (time.perf_counter() - t0)}
-                history.append(entry)
-                log.write(json.dumps(entry) + "\n")
-                log.flush()
-                for k, v in entry.items():
-                    if k != "step":
-                        writer.add_scalar(f"train/{k}", v, step)
-                bar.set_postfix(loss=f"{last['total']:.4f}")
-            if step % config.checkpoint_every == 0 and step < total:
-                save(step)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elapsed = time.perf_counter() - t0
-    save(step)
-    writer.close()
-    rate = (step - start_step) * composer.batch_size / elapsed if step > start_step else 0.0
-    return TrainResult(out_dir=out_dir, checkpoint=ckpt_path, steps=step, last_losses=last,
-                       samples_per_second=rate, history=history)
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state.get("cuda") is not None:
+        torch.cuda.set_rng_state(state["cuda"], device)

@@ -14,13 +14,15 @@ from torch import nn
 
 from training.attention import MultiHeadAttention
 from training.config import ModelConfig
+from training.dropout import dropout_layer
 from training.fusion import interpolate
 
 
 class FeedForward(nn.Module):
     def __init__(self, d_model: int, ff_dim: int, dropout: float):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(d_model, ff_dim), nn.ReLU(), nn.Linear(ff_dim, d_model), nn.Dropout(dropout))
+        self.net = nn.Sequential(nn.Linear(d_model, ff_dim), nn.ReLU(), nn.Linear(ff_dim, d_model),
+                                 dropout_layer(dropout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -34,7 +36,7 @@ class TransformerEncoderBlock(nn.Module):
         self.attn = MultiHeadAttention(d, config.heads, config.d_head, config.dropout)
         self.norm_ff = nn.LayerNorm(d)
         self.ff = FeedForward(d, config.ff_dim, config.dropout)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = dropout_layer(config.dropout)
 
     def forward(self, x: torch.Tensor, key_valid: torch.Tensor | None) -> torch.Tensor:
         h = self.norm_attn(x)
@@ -53,7 +55,7 @@ class TransformerDecoderBlock(nn.Module):
             MultiHeadAttention(d, config.heads, config.d_head, config.dropout) for _ in range(n_streams))
         self.norm_ff = nn.LayerNorm(d)
         self.ff = FeedForward(d, config.ff_dim, config.dropout)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = dropout_layer(config.dropout)
 
     def forward(self, x: torch.Tensor, memories: Sequence[torch.Tensor], memory_valid: Sequence[torch.Tensor | None],
                 weights: torch.Tensor) -> torch.Tensor:

@@ -42,10 +42,13 @@ def test_output_shapes(architecture, n_encoders):
     frame, clip = model(logmel, visual, valid, weights)
     assert frame.shape == (3, 64, 10) and clip.shape == (3, 10)
     assert torch.isfinite(frame).all() and torch.isfinite(clip).all()
-    # Gradients reach every parameter of a multi-encoder model (each stream contributes).
+    # Gradients reach every parameter of a multi-encoder model (each stream contributes), and are not all zero
+    # (a stream cut off by a zero weight or a detached branch would give None or zeros).
     (frame.sum() + clip.sum()).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, missing
+    zero = [n for n, p in model.named_parameters() if not p.grad.abs().sum() > 0]
+    assert not zero, zero
 
 
 def test_paper_sized_model_front_end_and_attention_sizes():

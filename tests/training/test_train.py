@@ -10,10 +10,10 @@ import torch
 
 from pipeline.labels import LabelEncoder
 from pipeline.store import FeatureStore
-from training.data import STRONG, UNLABELLED, WEAK, BatchComposer, TrainingDataError, load_clips
+from training.data import STRONG, UNLABELLED, WEAK, TrainingDataError, load_clips
 from training.loss import mean_teacher_loss
 from training.mean_teacher import ema_update, make_teacher
-from training.mixup import maybe_mixup, mix_pairs
+from training.mixup import mix_pairs
 from training.models import build_model
 from training.predict import predict
 from training.train import train
@@ -74,23 +74,6 @@ def test_visual_streams_are_standardised_with_the_store_statistics(synthetic_sto
                           standardise_visual=False).tensors) == len(data.tensors)
 
 
-def test_batch_composer_composition_and_coverage():
-    kind = np.array([0] * 5 + [1] * 3 + [2] * 7)
-    composer = BatchComposer(kind, [2, 2, 4], seed=3)
-    assert composer.slices == [slice(0, 2), slice(2, 4), slice(4, 8)]
-    seen_unlabelled = []
-    for step in range(7):
-        idx = composer.indices(step)
-        assert list(kind[idx]) == [0, 0, 1, 1, 2, 2, 2, 2]
-        seen_unlabelled.extend(idx[4:])
-    # Every unlabelled clip is drawn once per pass (7 clips, 4 per step: 4 full passes in 7 steps).
-    assert sorted(seen_unlabelled) == sorted(list(range(8, 15)) * 4)
-    # Pure function of the step: a fresh composer gives the same batches (resume needs no sampler state).
-    assert np.array_equal(BatchComposer(kind, [2, 2, 4], seed=3).indices(5), composer.indices(5))
-    with pytest.raises(TrainingDataError, match="weak"):
-        BatchComposer(np.array([0, 2]), [1, 1, 1], seed=0)
-
-
 def test_mixup_mixes_streams_masks_and_targets_consistently(synthetic_store):
     store = FeatureStore.open(synthetic_store)
     t = load_clips(store, list(TRAIN_KINDS), ["logmel", "openl3"], kinds=TRAIN_KINDS).tensors
@@ -110,15 +93,11 @@ def test_mixup_mixes_streams_masks_and_targets_consistently(synthetic_store):
     assert mixed.visual_valid[0][0].all()  # missing stream -> all keys valid (weight 0 anyway)
     assert mixed.visual_valid[0][2, :50].all() and not mixed.visual_valid[0][2, 50:].any()  # frame masks ANDed
     assert torch.equal(mixed.kind, batch.kind)
-    # Partners are drawn inside each supervision group; rate 0 never mixes, rate 1 always does.
-    rng = np.random.default_rng(0)
-    kind_batch = t.take(torch.tensor([0, 1, 12, 13, 22, 23, 24, 25]))
-    slices = [slice(0, 2), slice(2, 4), slice(4, 8)]
-    same, lam0 = maybe_mixup(kind_batch, slices, rng, rate=0.0, alpha=0.2)
-    assert same is kind_batch and lam0 is None
-    mixed, lam1 = maybe_mixup(kind_batch, slices, rng, rate=1.0, alpha=0.2)
-    assert 0.0 <= lam1 <= 1.0 and torch.equal(mixed.kind, kind_batch.kind)
-    assert torch.allclose(mixed.weak[4:], torch.zeros_like(mixed.weak[4:]))  # unlabelled only mix with unlabelled
+    # Not mixing (the draw said no) is the same arithmetic with ratio 1: exactly the batch.
+    same = mix_pairs(batch, partner, torch.tensor(lam, dtype=torch.float64), torch.tensor(False))
+    for name in ("logmel", "strong", "weak", "available"):
+        assert torch.equal(getattr(same, name), getattr(batch, name)), name
+    assert torch.equal(same.visual[0], batch.visual[0]) and torch.equal(same.visual_valid[0], batch.visual_valid[0])
 
 
 def test_ema_update():
@@ -136,19 +115,37 @@ def test_ema_update():
 
 
 def test_loss_terms():
-    kind = torch.tensor([STRONG, WEAK, UNLABELLED])
-    frame_logits = torch.zeros(3, 64, 10)
-    clip_logits = torch.zeros(3, 10)
-    strong = torch.zeros(3, 64, 10)
+    """Strong BCE averages over strong clips only and weak BCE over weak clips only (paper 3.1.5): the logits
+    differ per clip kind, so a plain mean over the batch gives other values."""
+    kind = torch.tensor([STRONG, STRONG, WEAK, UNLABELLED, UNLABELLED])
+    frame_logits = torch.zeros(5, 64, 10)
+    clip_logits = torch.zeros(5, 10)
+    frame_logits[0], frame_logits[1] = 2.0, -1.0  # strong clips
+    frame_logits[2:] = 5.0  # weak and unlabelled clips: must not count in the strong BCE
+    clip_logits[2] = -3.0  # the weak clip
+    clip_logits[[0, 1, 3, 4]] = 4.0  # must not count in the weak BCE
+    strong = torch.zeros(5, 64, 10)
     strong[0, :, 0] = 1.0
-    weak = torch.zeros(3, 10)
-    terms = mean_teacher_loss(frame_logits, clip_logits, torch.full((3, 64, 10), 0.5), torch.full((3, 10), 0.7),
-                              strong, weak, kind, consistency_weight=2.0)
-    assert terms.strong_bce.item() == pytest.approx(np.log(2))  # logits 0 -> p 0.5 for every target
-    assert terms.weak_bce.item() == pytest.approx(np.log(2))
-    assert terms.consistency_frame.item() == pytest.approx(0.0)
-    assert terms.consistency_clip.item() == pytest.approx(0.04)
-    assert terms.total.item() == pytest.approx(2 * np.log(2) + 2 * 0.04)
+    weak = torch.zeros(5, 10)
+    weak[2, 1] = 1.0
+    t_frame, t_clip = torch.full((5, 64, 10), 0.5), torch.full((5, 10), 0.7)
+    terms = mean_teacher_loss(frame_logits, clip_logits, t_frame, t_clip, strong, weak, kind, consistency_weight=2.0)
+
+    def bce(logit, target):
+        p = 1 / (1 + np.exp(-logit))
+        return -(target * np.log(p) + (1 - target) * np.log(1 - p))
+    strong_expected = np.mean([(bce(2.0, 1) + 9 * bce(2.0, 0)) / 10, bce(-1.0, 0)])
+    weak_expected = (bce(-3.0, 1) + 9 * bce(-3.0, 0)) / 10
+    assert terms.strong_bce.item() == pytest.approx(strong_expected, rel=1e-5)
+    assert terms.weak_bce.item() == pytest.approx(weak_expected, rel=1e-5)
+    # Consistency: every clip counts (MSE between student and teacher probabilities).
+    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    frame_expected = np.mean([(sig(v) - 0.5) ** 2 for v in (2.0, -1.0, 5.0, 5.0, 5.0)])
+    clip_expected = np.mean([(sig(v) - 0.7) ** 2 for v in (4.0, 4.0, -3.0, 4.0, 4.0)])
+    assert terms.consistency_frame.item() == pytest.approx(frame_expected, rel=1e-5)
+    assert terms.consistency_clip.item() == pytest.approx(clip_expected, rel=1e-5)
+    assert terms.total.item() == pytest.approx(strong_expected + weak_expected + 2 * (frame_expected + clip_expected),
+                                               rel=1e-5)
 
 
 @pytest.mark.parametrize("architecture,encoders,weights", [
@@ -168,12 +165,15 @@ def test_resume_reaches_the_same_parameters(tmp_path, synthetic_store, architect
     for key in ("model", "teacher"):
         for name, value in a[key].items():
             assert torch.equal(value, b[key][name]), (key, name)
-    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 6
-    assert a["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-4)  # x0.1 after lr_decay_every steps
+    for key in ("exp_avg", "exp_avg_sq"):
+        for name, value in a["optimizer"][key].items():
+            assert torch.equal(value, b["optimizer"][key][name]), (key, name)
+    assert a["optimizer"]["step"] == b["optimizer"]["step"] == 6
     log_full = [json.loads(x) for x in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
     log_part = [json.loads(x) for x in (tmp_path / "part" / "log.jsonl").read_text().splitlines()]
     assert [x["step"] for x in log_part] == list(range(1, 7))
     assert [x["total"] for x in log_full] == [x["total"] for x in log_part]
+    assert [x["lr"] for x in log_full] == pytest.approx([1e-3] * 4 + [1e-4] * 2)  # x0.1 after lr_decay_every steps
     assert (tmp_path / "full" / "config.yaml").exists()
     assert any((tmp_path / "full" / "tensorboard").iterdir())
 
@@ -201,18 +201,62 @@ def test_predict_outputs_and_forced_audio_weight(tmp_path, synthetic_store):
     assert r.video_available.sum() == store.present("openl3")[[store.clip_index()[c] for c in r.clip_ids]].sum()
 
 
-def test_cli_trains_extends_and_refuses_changed_config(tmp_path, synthetic_store):
-    import argparse
+def test_cli_trains_extends_and_refuses_changed_config(tmp_path, synthetic_store, capsys):
+    from avsed.cli import main
 
-    from training.cli import run_train
     cfg = small_config(["logmel", "openl3"], steps=2)
     cfg.save(tmp_path / "c.yaml")
-    args = argparse.Namespace(store=str(synthetic_store), config=str(tmp_path / "c.yaml"), out=str(tmp_path / "run"),
-                              resume=True, seed=None, steps=None, device="cpu")
-    assert run_train(args) == 0
-    args.steps = 3  # extend the finished run by one step
-    assert run_train(args) == 0
+    argv = ["train", "--store", str(synthetic_store), "--config", str(tmp_path / "c.yaml"), "--out",
+            str(tmp_path / "run"), "--resume", "--device", "cpu"]
+    assert main(argv) == 0
+    assert main(argv + ["--steps", "3"]) == 0  # extend the finished run by one step
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 3
-    args.seed = 99
-    with pytest.raises(ValueError, match="seed"):
-        run_train(args)
+    assert "1 trained now" in capsys.readouterr().out
+    with pytest.raises(ValueError, match=r"cannot resume with a different config \(changed: \['seed'\]\)"):
+        main(argv + ["--steps", "3", "--seed", "99"])
+    # --seeds: one run directory per seed, each with the same files as a single run.
+    assert main(["train", "--store", str(synthetic_store), "--config", str(tmp_path / "c.yaml"), "--out",
+                 str(tmp_path / "group"), "--seeds", "3,5"]) == 0
+    for seed in (3, 5):
+        run = tmp_path / "group" / f"seed{seed}"
+        assert {p.name for p in run.iterdir()} >= {"checkpoint.pt", "config.yaml", "log.jsonl", "tensorboard"}
+        assert torch.load(run / "checkpoint.pt", weights_only=False)["config"]["seed"] == seed
+    with pytest.raises(SystemExit):
+        main(["train", "--store", "s", "--out", "o", "--seeds", "5-2"])
+
+
+def test_resume_and_predict_refuse_features_made_differently(tmp_path, synthetic_store):
+    import shutil
+
+    config = small_config(["logmel", "openl3"], steps=2)
+    train(synthetic_store, config, tmp_path / "run", stop_after=1)
+    other = tmp_path / "other.zarr"
+    shutil.copytree(synthetic_store, other)
+    array = FeatureStore.open(other, mode="r+").group["openl3"]
+    array.attrs["provenance"] = {**dict(array.attrs["provenance"]), "version": 99}
+    with pytest.raises(ValueError, match=r"feature 'openl3' provenance differs .*train into a new directory"):
+        train(other, config, tmp_path / "run", resume=True)
+    with pytest.raises(ValueError, match=r"feature 'openl3' was made differently"):
+        predict(tmp_path / "run", other, ["eval"], device="cpu")
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 1  # left as it was
+    assert train(synthetic_store, config, tmp_path / "run", resume=True).steps == 2  # the same store resumes
+
+
+def test_predict_use_teacher_scores_the_teachers_weights(tmp_path, synthetic_store):
+    from training.fusion import resolve_weights
+
+    # A fast teacher and learning rate, so student and teacher differ clearly after 3 steps.
+    config = small_config(["logmel", "openl3"], steps=3, interpolation_weights=[0.75, 0.25], learning_rate=1e-2,
+                          ema_decay=0.5)
+    train(synthetic_store, config, tmp_path / "run")
+    student = predict(tmp_path / "run", synthetic_store, ["eval"], device="cpu")
+    teacher = predict(tmp_path / "run", synthetic_store, ["eval"], device="cpu", use_teacher=True)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    model = build_model(config.model, ckpt["visual_dims"])
+    model.load_state_dict(ckpt["teacher"])
+    model.eval()
+    t = load_clips(FeatureStore.open(synthetic_store), ["eval"], ["logmel", "openl3"]).tensors
+    with torch.no_grad():
+        frame, _ = model(t.logmel, t.visual, t.visual_valid, resolve_weights(torch.tensor([0.75, 0.25]), t.available))
+    assert np.allclose(teacher.frame_probs, torch.sigmoid(frame).numpy(), atol=1e-6)
+    assert not np.allclose(student.frame_probs, teacher.frame_probs, atol=1e-3)

@@ -1,0 +1,60 @@
+"""Checkpoints of a run, and of the seeds of a group written together.
+
+A run directory holds `checkpoint.pt`: student, teacher, optimiser state, step, the torch RNG state (dropout),
+the loss sums since the last log line, the config and the store's feature provenance. A seed trained in a group
+writes the same file into its own directory. The seeds of a group must resume from the same step, so a group
+checkpoint is written in two phases: every seed's `checkpoint.next.pt` first (each atomically), then each is
+renamed over `checkpoint.pt`. A kill in the first phase leaves every `checkpoint.pt` at the previous step (the
+`.next` files are discarded on resume); a kill in the second leaves every seed with the new step in one of the
+two files (rolled forward on resume).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+CHECKPOINT = "checkpoint.pt"
+PENDING = "checkpoint.next.pt"
+FORMAT = 2
+
+
+def _write_atomic(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)  # a crash never leaves a half-written file under the final name
+
+
+def save_checkpoints(out_dirs: Sequence[Path], payloads: Sequence[dict[str, Any]]) -> None:
+    for d, payload in zip(out_dirs, payloads):
+        _write_atomic(Path(d) / PENDING, payload)
+    for d in out_dirs:
+        os.replace(Path(d) / PENDING, Path(d) / CHECKPOINT)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def load_checkpoints(out_dirs: Sequence[Path]) -> list[dict[str, Any] | None]:
+    """Each directory's checkpoint (None where there is none) after finishing or discarding an interrupted
+    group write (see the module docstring)."""
+    dirs = [Path(d) for d in out_dirs]
+    current = [_load(d / CHECKPOINT) if (d / CHECKPOINT).exists() else None for d in dirs]
+    pending = [_load(d / PENDING) if (d / PENDING).exists() else None for d in dirs]
+    if any(p is not None for p in pending):
+        target = max(p["step"] for p in pending if p is not None)
+        complete = all((p is not None and p["step"] == target) or (c is not None and c["step"] == target)
+                       for p, c in zip(pending, current))
+        for k, d in enumerate(dirs):
+            if pending[k] is None:
+                continue
+            if complete and pending[k]["step"] == target:
+                os.replace(d / PENDING, d / CHECKPOINT)
+                current[k] = pending[k]
+            else:
+                (d / PENDING).unlink()
+    return current
