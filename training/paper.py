@@ -11,8 +11,8 @@ new entry and one new row, not new loops).
 paper does (evaluation.run.evaluate_checkpoint: post-processing tuned on validation; the inference audio weight
 chosen on validation EBF1 among 0.25 / 0.5 / 0.75 / 0.875 for every multi-encoder model; eval split with and
 without video plus the forced audio-only set) and writes the tables (training/paper_tables.py). A run whose
-checkpoint reached the schedule's end is not trained again, and a run with an evaluation of that checkpoint is
-not evaluated again, so a killed grid continues where it stopped and a rerun only rewrites the tables.
+checkpoint reached the schedule's end is not trained again, and a run with an evaluation of that very checkpoint
+file (its modification time and size are recorded) is not evaluated again, so a killed grid continues where it stopped and a rerun only rewrites the tables.
 """
 
 from __future__ import annotations
@@ -140,12 +140,19 @@ def _checkpoint_step(run_dir: Path) -> int | None:
     return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
 
 
-def _evaluation_of(run_dir: Path, step: int) -> EvaluationResult | None:
+def _checkpoint_identity(run_dir: Path) -> list[int]:
+    stat = (run_dir / CHECKPOINT).stat()
+    return [stat.st_mtime_ns, stat.st_size]
+
+
+def _evaluation_of(run_dir: Path) -> EvaluationResult | None:
+    """The run's paper evaluation if it was made from the checkpoint that is there now (a retrained run with the
+    same number of steps gets a new one)."""
     path = run_dir / EVALUATION_FILE
     if not path.exists():
         return None
     result = EvaluationResult.load(path)
-    return result if int(result.info.get("step", -1)) == step else None
+    return result if result.info.get("checkpoint_identity") == _checkpoint_identity(run_dir) else None
 
 
 def seeds_argument(value: str | int | Sequence[int]) -> list[int]:
@@ -232,17 +239,18 @@ def evaluate_run(store: str | Path, record: RunRecord, plots: bool = True, devic
                  audio_weights: Sequence[float] = PAPER_AUDIO_WEIGHTS) -> bool:
     """Evaluate a run as the paper does unless its checkpoint already has an evaluation; True if evaluated.
     `audio_weights`: the inference audio weights a multi-encoder model chooses from on validation EBF1."""
-    step = _checkpoint_step(record.run_dir)
-    if step is None:
+    if not (record.run_dir / CHECKPOINT).exists():
         raise FileNotFoundError(f"{record.run_dir}: no checkpoint to evaluate")
-    record.result = _evaluation_of(record.run_dir, step)
+    record.result = _evaluation_of(record.run_dir)
     if record.result is not None:
         return False
+    identity = _checkpoint_identity(record.run_dir)
     grid = tuple(audio_weights) if len(record.entry.encoders) > 1 else None
     out = record.run_dir / EVALUATION_FILE.parent
     ev = evaluate_checkpoint(record.run_dir, store, out if plots else None, split_by_availability=True,
                              audio_weight_grid=grid, device=device)
     ev.result.info["paper_entry"] = json.loads(json.dumps(record.entry.__dict__))
+    ev.result.info["checkpoint_identity"] = identity  # modification time and size of the checkpoint evaluated
     ev.result.save(out / EVALUATION_FILE.name)
     record.result = ev.result
     return True
