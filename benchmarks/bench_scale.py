@@ -224,6 +224,8 @@ def markdown(result: dict) -> str:
                                                                 for k in names) + " |")
     if result.get("checks"):
         lines += ["", "Acceptance (issue #12):", ""] + [f"- {c}" for c in result["checks"]]
+    if result.get("notes"):
+        lines += ["", "Notes:", ""] + [f"- {n}" for n in result["notes"]]
     return "\n".join(lines) + "\n"
 
 

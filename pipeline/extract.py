@@ -397,8 +397,9 @@ def finish_extraction(config: ExtractConfig) -> dict[str, Any]:
 
 def _update_stats(config: ExtractConfig, store: FeatureStore) -> dict[str, Any]:
     out = {}
+    names = store.feature_names()
     for feature in config.features:
-        if feature in store.feature_names() and store.present(feature).any():
+        if feature in names:  # (no separate check of present rows: reading a feature's masks costs ~0.5 ms a clip)
             try:
                 out[feature] = update_feature_stats(store, feature)
             except ValueError as exc:  # no training rows yet: nothing to standardise with
@@ -453,6 +454,7 @@ def _run_extraction(config: ExtractConfig, progress: bool, timing: ClipTiming,
     try:
         with ExtractionRun(config, timing, bars) as run:
             report.add(run.audio(plan.audio_jobs, plan.audio_features))
+            bars.audio.close()
             t2 = time.perf_counter()
             report.add(probe_cached_videos(config, plan.probe_jobs, progress))
             t3 = time.perf_counter()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +109,21 @@ def test_deployment_run_completes_and_matches_in_process_run(prefect_env, refere
     assert {t["name"] for t in embeds} >= {f"embed[openl3+vgg16+tce, shard {s}]" for s in video_shards}
     assert all("avsed-gpu" in t["tags"] for t in embeds)
     assert all(t["state_type"] == "COMPLETED" for t in task_runs)
+    # the flow's window: shards whose tasks ran at overlapping times never exceed shards_in_flight
+    spans: dict[int, list[datetime]] = {}
+    for t in task_runs:
+        m = re.search(r"shard (\d+)\]$", t["name"])
+        if m:
+            start, end = datetime.fromisoformat(t["start_time"]), datetime.fromisoformat(t["end_time"])
+            first, last = spans.get(int(m[1]), [start, end])
+            spans[int(m[1])] = [min(first, start), max(last, end)]
+    assert len(spans) == len(shards) >= 3
+    edges = sorted([(a, 1) for a, _ in spans.values()] + [(b, -1) for _, b in spans.values()], key=lambda e: (e[0], e[1]))
+    running = most = 0
+    for _, step in edges:
+        running += step
+        most = max(most, running)
+    assert 1 <= most <= cfg.shards_in_flight == 2
     artifacts = {a["key"]: a for a in api_post(api, "/artifacts/filter", {"limit": 50}) if a.get("key")}
     assert float(artifacts["extraction-progress"]["data"]) == 100.0
     report = artifacts["extraction-report"]["data"]
