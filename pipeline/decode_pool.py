@@ -3,8 +3,9 @@
 A worker decodes a clip's frames (`pipeline.frames.decode_frames`) and hashes them once for de-duplication
 (`features.frame_dedup.unique_frames`), so the hashing is spread over the cores and done once for every CNN.
 Workers are started with `spawn`: the parent may hold CUDA and many threads, which a forked child must not inherit,
-and they import neither torch nor Prefect. In a daemonic process (a Dask worker), which may not have children of its
-own, threads drive the ffmpeg processes instead. The pool itself does not bound anything: the streaming pipeline submits
+and they import neither torch nor Prefect. As with any `spawn` pool, a script that starts an extraction must guard its
+entry point (`if __name__ == "__main__":`): the workers import the main module. In a daemonic process (a Dask worker),
+which may not have children of its own, threads drive the ffmpeg processes instead. The pool itself does not bound anything: the streaming pipeline submits
 a clip only while it holds one of its `max_clips_in_flight` slots.
 """
 
