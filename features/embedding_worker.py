@@ -181,21 +181,22 @@ class EmbeddingWorker:
             return PendingEmbeddings(self, batch, {}, None)
         self.load()
         cuda = self.device.type == "cuda"
-        x = batch.tensor[:batch.used]
-        if cuda:
-            x = x.to(self.device, non_blocking=True)
         outputs = {}
-        for ex in self.extractors:
-            y = ex.forward_uploaded(x)
-            if cuda:
-                host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
-                host.copy_(y, non_blocking=True)
-                y = host
-            outputs[ex.name] = y
         done = None
-        if cuda:
-            done = torch.cuda.Event()
-            done.record()
+        with torch.inference_mode():  # the copies back are made of (and into) inference tensors too
+            x = batch.tensor[:batch.used]
+            if cuda:
+                x = x.to(self.device, non_blocking=True)  # from pinned memory: an asynchronous DMA
+            for ex in self.extractors:
+                y = ex.forward_uploaded(x)
+                if cuda:
+                    host = torch.empty(y.shape, dtype=y.dtype, pin_memory=True)
+                    host.copy_(y, non_blocking=True)
+                    y = host
+                outputs[ex.name] = y
+            if cuda:
+                done = torch.cuda.Event()
+                done.record()
         self.batches_launched += 1
         self.frames_uploaded += batch.used
         return PendingEmbeddings(self, batch, outputs, done)
