@@ -10,6 +10,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from evaluation.run import PAPER_AUDIO_WEIGHTS
+from flows import quiet_expected_errors
 
 from training.paper import (GridEntry, PaperRun, RunRecord, as_base_config, evaluate_run, plan_paper, summary_of,
                             train_entry)
@@ -44,6 +45,7 @@ def paper_flow(store: str, out_dir: str, seeds: list[int] = list(range(20)),
     default), then write tables.md, table<N>.csv and table<N>.png into out_dir."""
     from pathlib import Path
 
+    quiet_expected_errors()
     logger = get_run_logger()
     entries, missing = plan_paper(store, architectures, train_audio_weights, features)
     paper = PaperRun(Path(out_dir), entries, missing)

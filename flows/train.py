@@ -9,12 +9,14 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows import quiet_expected_errors, retry_unless_expected
 from training.cli import seed_dir
 from training.config import TrainConfig, merge_settings
 from training.train import train_group
 
 
-@task(name="train-seeds", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10)
+@task(name="train-seeds", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10,
+      retry_condition_fn=retry_unless_expected)
 def train_seeds_task(store: str, config: dict[str, Any], runs: dict[int, str]) -> list[dict[str, Any]]:
     # resume=True: a retried or re-run task continues from the last checkpoints instead of starting over.
     results = train_group(store, TrainConfig.from_dict(config), {int(s): d for s, d in runs.items()}, resume=True)
@@ -34,6 +36,7 @@ def train_flow(store: str, out_dir: str, config: dict[str, Any] | None = None, c
                seeds: list[int] | None = None) -> list[dict[str, Any]]:
     """`seeds` given: the seeds train together in one task (one process, the store read once), each into
     <out_dir>/seed<k>; otherwise one run (seed from the config) in out_dir."""
+    quiet_expected_errors()
     cfg = flow_config(config, config_file)
     runs = {int(s): str(seed_dir(out_dir, s)) for s in seeds} if seeds else {cfg.seed: str(Path(out_dir))}
     results = train_seeds_task(store, cfg.to_dict(), runs)

@@ -17,9 +17,16 @@ from typing import Any, Sequence
 
 import torch
 
+from pipeline.errors import AvsedError
+
 CHECKPOINT = "checkpoint.pt"
 PENDING = "checkpoint.next.pt"
 FORMAT = 2
+
+
+class RunMismatch(AvsedError, ValueError):
+    """A run directory (or checkpoint) does not fit what was asked of it: another config, features made
+    differently, no checkpoint to resume. The message names the run and says what to do."""
 
 
 def _write_atomic(path: Path, payload: dict[str, Any]) -> None:

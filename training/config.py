@@ -7,12 +7,21 @@ reproduced and resumed from its own directory.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pipeline.errors import AvsedError
+
 ARCHITECTURES = ("transformer", "conformer")
+
+
+class TrainConfigError(AvsedError, ValueError):
+    """A training setting that cannot work (the message names the key and what is allowed)."""
+
+
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 AUDIO_STREAM = "logmel"
 
@@ -119,38 +128,38 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         if self.model.architecture not in ARCHITECTURES:
-            raise ValueError(f"model.architecture {self.model.architecture!r} not in {ARCHITECTURES}")
+            raise TrainConfigError(f"model.architecture {self.model.architecture!r} not in {ARCHITECTURES}")
         if not self.encoders or self.encoders[0] != AUDIO_STREAM:
-            raise ValueError(f"encoders must start with {AUDIO_STREAM!r} (audio is always the first encoder), got {self.encoders}")
+            raise TrainConfigError(f"encoders must start with {AUDIO_STREAM!r} (audio is always the first encoder), got {self.encoders}")
         if len(set(self.encoders)) != len(self.encoders):
-            raise ValueError(f"encoders listed twice: {self.encoders}")
+            raise TrainConfigError(f"encoders listed twice: {self.encoders}")
         w = self.interpolation_weights
         if isinstance(w, str):
             if w != "random":
-                raise ValueError(f"interpolation_weights must be a list or 'random', got {w!r}")
+                raise TrainConfigError(f"interpolation_weights must be a list or 'random', got {w!r}")
         elif w is not None:
             if len(w) != len(self.encoders) or any(x < 0 for x in w) or sum(w) <= 0:
-                raise ValueError(f"interpolation_weights {w} must be {len(self.encoders)} non-negative numbers")
+                raise TrainConfigError(f"interpolation_weights {w} must be {len(self.encoders)} non-negative numbers")
         if self.inference_weights is not None and len(self.inference_weights) != len(self.encoders):
-            raise ValueError(f"inference_weights {self.inference_weights} must have {len(self.encoders)} entries")
+            raise TrainConfigError(f"inference_weights {self.inference_weights} must have {len(self.encoders)} entries")
         cnn = self.model.cnn
         if not (len(cnn.filters) == len(cnn.kernel) == len(cnn.pooling)):
-            raise ValueError("model.cnn filters, kernel and pooling need one entry per block")
+            raise TrainConfigError("model.cnn filters, kernel and pooling need one entry per block")
         for name in ("feature_dtype", "model_dtype"):
             if getattr(self, name) not in DTYPES:
-                raise ValueError(f"{name} {getattr(self, name)!r} not in {DTYPES}")
+                raise TrainConfigError(f"{name} {getattr(self, name)!r} not in {DTYPES}")
         if self.model_dtype == "float16":
-            raise ValueError("model_dtype float16 is not supported: use bf16: true (autocast) for half precision")
+            raise TrainConfigError("model_dtype float16 is not supported: use bf16: true (autocast) for half precision")
         if not self.mixup_alpha > 0:
-            raise ValueError(f"mixup_alpha must be positive (Beta(alpha, alpha) ratios), got {self.mixup_alpha}")
+            raise TrainConfigError(f"mixup_alpha must be positive (Beta(alpha, alpha) ratios), got {self.mixup_alpha}")
         if not 0 <= self.random_audio_low <= self.random_audio_high <= 1:
-            raise ValueError(f"need 0 <= random_audio_low <= random_audio_high <= 1, got "
+            raise TrainConfigError(f"need 0 <= random_audio_low <= random_audio_high <= 1, got "
                              f"{self.random_audio_low}, {self.random_audio_high}")
         for name in ("log_every", "checkpoint_every", "lr_decay_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise TrainConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.validate_every < 0:
-            raise ValueError(f"validate_every must be 0 (off) or positive, got {self.validate_every}")
+            raise TrainConfigError(f"validate_every must be 0 (off) or positive, got {self.validate_every}")
         return self
 
     def resolved(self, device_type: str) -> "TrainConfig":
@@ -208,7 +217,9 @@ def _build(cls, data: dict[str, Any]):
     known = {f.name: f for f in fields(cls)}
     unknown = set(data) - set(known)
     if unknown:
-        raise ValueError(f"{cls.__name__}: unknown keys {sorted(unknown)}")
+        hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := get_close_matches(k, known, n=1)) else repr(k)
+                 for k in sorted(unknown)]
+        raise TrainConfigError(f"{cls.__name__}: unknown keys {', '.join(hints)}; known: {sorted(known)}")
     kwargs = {}
     defaults = cls()
     for name, value in data.items():

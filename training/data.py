@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pipeline.errors import AvsedError
 from pipeline.labels import LabelEncoder
 from pipeline.store import FeatureStore
 from training.config import AUDIO_STREAM
@@ -25,8 +26,8 @@ STRONG, WEAK, UNLABELLED = 0, 1, 2
 KIND_CODES = {"strong": STRONG, "weak": WEAK, "unlabelled": UNLABELLED}
 
 
-class TrainingDataError(RuntimeError):
-    pass
+class TrainingDataError(AvsedError, RuntimeError):
+    """The store cannot provide what training asks for (a feature, statistics, clips of a kind)."""
 
 
 @dataclass

@@ -29,7 +29,7 @@ from evaluation.run import PAPER_AUDIO_WEIGHTS, evaluate_checkpoint
 from pipeline.store import FeatureStore
 from training.checkpoint import CHECKPOINT
 from training.cli import seed_dir
-from training.config import AUDIO_STREAM, TrainConfig, merge_settings
+from training.config import AUDIO_STREAM, TrainConfig, TrainConfigError, merge_settings
 from training.train import train_group
 
 VISUAL_FEATURES = ("vgg16", "openl3", "tce")  # Table 5 / 6 rows, in the paper's order
@@ -183,7 +183,7 @@ def plan_paper(store: str | Path, architectures: Sequence[str], train_audio_weig
     wanted = list(features) if features is not None else list(VISUAL_FEATURES)
     unknown = [f for f in wanted if f not in VISUAL_FEATURES]
     if unknown:
-        raise ValueError(f"unknown visual features {unknown}; the paper's are {list(VISUAL_FEATURES)}")
+        raise TrainConfigError(f"unknown visual features {unknown}; the paper's are {list(VISUAL_FEATURES)}")
     missing = [f for f in wanted if f not in have]
     return paper_grid(architectures, [f for f in wanted if f in have], train_audio_weights), missing
 

@@ -18,6 +18,7 @@ import torch
 
 from pipeline.labels import ClipTiming, Event
 from pipeline.store import FeatureStore
+from training.checkpoint import RunMismatch
 from training.config import AUDIO_STREAM, TrainConfig
 from training.data import load_clips
 from training.fusion import resolve_weights
@@ -80,8 +81,9 @@ def predict(checkpoint: str | Path, store_path: str | Path, partitions: Sequence
     data = load_clips(store, partitions, config.encoders, device="cpu", standardise_visual=config.standardise_visual)
     for name, prov in ckpt["provenance"].items():
         if json.dumps(prov, sort_keys=True) != json.dumps(data.provenance[name], sort_keys=True):
-            raise ValueError(f"{store_path}: feature {name!r} was made differently from the one the checkpoint "
-                             f"was trained on ({prov} vs {data.provenance[name]})")
+            raise RunMismatch(f"{store_path}: feature {name!r} was made differently from the one the checkpoint "
+                              f"was trained on ({prov} vs {data.provenance[name]}); predict on the store the run was "
+                              f"trained on, or train on this one")
     model = build_model(config.model, ckpt["visual_dims"])
     model.load_state_dict(ckpt["teacher" if use_teacher else "model"])
     model.to(dev).eval()

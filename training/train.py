@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.store import FeatureStore
-from training.checkpoint import CHECKPOINT, FORMAT, load_checkpoints, save_checkpoints
+from training.checkpoint import CHECKPOINT, FORMAT, RunMismatch, load_checkpoints, save_checkpoints
 from training.config import TrainConfig
 from training.data import ClipSet, load_clips
 from training.draws import DRAW_CHUNK, BatchSchedule, StepDraws, draw_chunk, stream_seed
@@ -93,7 +93,7 @@ def train(store_path: str | Path, config: TrainConfig | dict | str | Path | None
     out_dir = Path(out_dir)
     if config is None:
         if not (resume and (out_dir / CHECKPOINT).exists()):
-            raise ValueError("train() needs a config unless it resumes from a checkpoint")
+            raise RunMismatch("train() needs a config unless it resumes from a checkpoint")
         seed = int(torch.load(out_dir / CHECKPOINT, map_location="cpu", weights_only=False)["config"]["seed"])
     else:
         config = as_config(config)
@@ -110,7 +110,7 @@ def train_group(store_path: str | Path, config: TrainConfig | dict | str | Path 
     result per seed, in the order of `runs`. `config=None` (with resume) takes each run's checkpoint config."""
     seeds = [int(s) for s in runs]
     if len(set(seeds)) != len(seeds):
-        raise ValueError(f"seeds listed twice: {seeds}")
+        raise RunMismatch(f"seeds listed twice: {seeds}")
     dirs = [Path(runs[s]) for s in runs]
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
@@ -118,7 +118,7 @@ def train_group(store_path: str | Path, config: TrainConfig | dict | str | Path 
     configs = [_run_config(config, ckpt, seed, d) for seed, d, ckpt in zip(seeds, dirs, checkpoints)]
     shared = {json.dumps({**c.to_dict(), "seed": 0}, sort_keys=True) for c in configs}
     if len(shared) != 1:
-        raise ValueError(f"the runs {[str(d) for d in dirs]} hold different configurations; a group trains the seeds "
+        raise RunMismatch(f"the runs {[str(d) for d in dirs]} hold different configurations; a group trains the seeds "
                          f"of one configuration (resume them separately)")
     device = resolve_device(configs[0].device)
     configs = [c.resolved(device.type) for c in configs]
@@ -146,7 +146,7 @@ def _run_config(given: TrainConfig | dict | str | Path | None, checkpoint: dict 
                 out_dir: Path) -> TrainConfig:
     if checkpoint is None:
         if given is None:
-            raise ValueError(f"{out_dir}: no checkpoint to resume and no config given")
+            raise RunMismatch(f"{out_dir}: no checkpoint to resume and no config given")
         config = as_config(given)
     else:
         stored = TrainConfig.from_dict(checkpoint["config"])
@@ -162,7 +162,7 @@ def _run_config(given: TrainConfig | dict | str | Path | None, checkpoint: dict 
             if seed != stored.seed:
                 diff.add("seed")
             if diff:
-                raise ValueError(f"{out_dir / CHECKPOINT}: cannot resume with a different config (changed: "
+                raise RunMismatch(f"{out_dir / CHECKPOINT}: cannot resume with a different config (changed: "
                                  f"{sorted(diff)}); train into a new directory instead")
     config = TrainConfig.from_dict({**config.to_dict(), "seed": seed})
     return config
@@ -171,7 +171,7 @@ def _run_config(given: TrainConfig | dict | str | Path | None, checkpoint: dict 
 def _check_provenance(checkpoint: dict, data: ClipSet, store_path, out_dir: Path) -> None:
     for name, prov in checkpoint["provenance"].items():
         if json.dumps(prov, sort_keys=True) != json.dumps(data.provenance.get(name), sort_keys=True):
-            raise ValueError(f"{store_path}: feature {name!r} provenance differs from the one {out_dir / CHECKPOINT} "
+            raise RunMismatch(f"{store_path}: feature {name!r} provenance differs from the one {out_dir / CHECKPOINT} "
                              f"was trained on; refusing to mix features made differently (train into a new directory)")
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from training.cnn import CNNFrontEnd
-from training.config import CNNConfig, ModelConfig, TrainConfig
+from training.config import CNNConfig, ModelConfig, TrainConfig, TrainConfigError
 from training.fusion import interpolate, resolve_weights
 from training.models import build_model, model_names
 
@@ -126,3 +126,7 @@ def test_config_yaml_round_trip(tmp_path):
         TrainConfig.from_dict({"encoders": ["openl3", "logmel"]})
     with pytest.raises(ValueError, match="unknown keys"):
         TrainConfig.from_dict({"model": {"heads": 3, "bogus": 1}})
+    with pytest.raises(TrainConfigError, match=r"unknown keys 'hedas' \(did you mean 'heads'\?\)"):
+        TrainConfig.from_dict({"model": {"hedas": 3}})
+    with pytest.raises(TrainConfigError, match="mixup_alpha must be positive"):
+        TrainConfig.from_dict({"mixup_alpha": 0})

@@ -10,6 +10,7 @@ import torch
 
 from pipeline.labels import LabelEncoder
 from pipeline.store import FeatureStore
+from training.checkpoint import RunMismatch
 from training.data import STRONG, UNLABELLED, WEAK, TrainingDataError, load_clips
 from training.loss import mean_teacher_loss
 from training.mean_teacher import ema_update, make_teacher
@@ -212,8 +213,14 @@ def test_cli_trains_extends_and_refuses_changed_config(tmp_path, synthetic_store
     assert main(argv + ["--steps", "3"]) == 0  # extend the finished run by one step
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 3
     assert "1 trained now" in capsys.readouterr().out
-    with pytest.raises(ValueError, match=r"cannot resume with a different config \(changed: \['seed'\]\)"):
-        main(argv + ["--steps", "3", "--seed", "99"])
+    capsys.readouterr()
+    # A refusal is one line naming the run and what to do, exit status 2 (the traceback only with --debug).
+    assert main(argv + ["--steps", "3", "--seed", "99"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("avsed train: error: ") and "\n" not in error
+    assert "cannot resume with a different config (changed: ['seed']); train into a new directory" in error
+    with pytest.raises(RunMismatch):
+        main(argv + ["--steps", "3", "--seed", "99", "--debug"])
     # --seeds: one run directory per seed, each with the same files as a single run.
     assert main(["train", "--store", str(synthetic_store), "--config", str(tmp_path / "c.yaml"), "--out",
                  str(tmp_path / "group"), "--seeds", "3,5"]) == 0
