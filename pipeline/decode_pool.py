@@ -11,7 +11,6 @@ a clip only while it holds one of its `max_clips_in_flight` slots.
 
 from __future__ import annotations
 
-import inspect
 import multiprocessing
 import os
 import threading
@@ -26,8 +25,7 @@ from pipeline.frames import VideoError, decode_frames
 from pipeline.labels import ClipTiming
 
 # ffmpeg decodes with one thread per worker process: the pool runs one worker per core, so more threads per ffmpeg
-# would only contend. `decode_frames` takes `threads` once the frames module offers it.
-_TAKES_THREADS = "threads" in inspect.signature(decode_frames).parameters
+# would only contend.
 
 
 def default_decode_workers() -> int:
@@ -53,10 +51,9 @@ def _decode(path: str, clip_id: str, timing: ClipTiming, size: int, start: float
             dedup: bool) -> DecodedFrames | tuple[str, str]:
     # Runs in a worker process. A VideoError is returned as (clip_id, cause), not raised: the exception's
     # constructor takes two arguments, which pickling back to the parent would not pass.
-    kwargs = {"threads": 1} if _TAKES_THREADS else {}
     t0 = time.perf_counter()
     try:
-        clip = decode_frames(path, clip_id, timing, size=size, start=start, **kwargs)
+        clip = decode_frames(path, clip_id, timing, size=size, start=start, threads=1)
     except VideoError as exc:
         return (exc.clip_id, exc.cause)
     unique = None

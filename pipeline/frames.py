@@ -97,11 +97,12 @@ def _ends_before_start(stderr: bytes, clip_id: str, start: float) -> str | None:
 
 
 def decode_frames(path: str | Path, clip_id: str, timing: ClipTiming = ClipTiming(), size: int = 224,
-                  start: float = 0.0) -> ClipFrames:
+                  start: float = 0.0, threads: int | None = None) -> ClipFrames:
     """Decode `timing.video_frames` RGB frames of `size` x `size` from the video at `path`.
 
     `start` is where the clip begins inside the file (0 for a partial download that holds just the
-    clip's range; the clip's start time when the whole video was downloaded).
+    clip's range; the clip's start time when the whole video was downloaded). `threads`: ffmpeg's decoding and
+    filtering threads (None: ffmpeg's default; a pool of one decoder per core passes 1, as more would only contend).
     """
     path = Path(path)
     if not path.is_file():
@@ -110,12 +111,14 @@ def decode_frames(path: str | Path, clip_id: str, timing: ClipTiming = ClipTimin
     input_args = {"t": timing.clip_seconds}
     if start > 0:
         input_args["ss"] = start
+    if threads:
+        input_args["threads"] = int(threads)
     stream = (
         ffmpeg.input(str(path), **input_args)["v:0"]
         .filter("fps", fps=timing.video_fps)
         .filter("scale", size, size)
         .output("pipe:", format="rawvideo", pix_fmt="rgb24", frames=n)
-        .global_args("-nostdin", "-hide_banner")
+        .global_args("-nostdin", "-hide_banner", *(("-filter_threads", str(int(threads))) if threads else ()))
     )
     try:
         out, err = stream.run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True, quiet=True)
