@@ -149,6 +149,10 @@ def _run_config(given: TrainConfig | dict | str | Path | None, checkpoint: dict 
             raise RunMismatch(f"{out_dir}: no checkpoint to resume and no config given")
         config = as_config(given)
     else:
+        if checkpoint.get("format", 1) != FORMAT:
+            raise RunMismatch(f"{out_dir / CHECKPOINT}: written by an earlier version (checkpoint format "
+                              f"{checkpoint.get('format', 1)}, this one resumes format {FORMAT}); it can still be "
+                              f"evaluated, but train into a new directory to continue training")
         stored = TrainConfig.from_dict(checkpoint["config"])
         if given is None:
             config = stored

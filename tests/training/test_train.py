@@ -247,6 +247,11 @@ def test_resume_and_predict_refuse_features_made_differently(tmp_path, synthetic
         predict(tmp_path / "run", other, ["eval"], device="cpu")
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 1  # left as it was
     assert train(synthetic_store, config, tmp_path / "run", resume=True).steps == 2  # the same store resumes
+    # A checkpoint of the earlier format (torch optimiser state) is evaluable but not resumable: one clear line.
+    old = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    torch.save({**old, "format": 1}, tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(RunMismatch, match="written by an earlier version .*train into a new directory"):
+        train(synthetic_store, {**config.to_dict(), "steps_per_epoch": 3}, tmp_path / "run", resume=True)
 
 
 def test_predict_use_teacher_scores_the_teachers_weights(tmp_path, synthetic_store):
