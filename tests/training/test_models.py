@@ -130,3 +130,8 @@ def test_config_yaml_round_trip(tmp_path):
         TrainConfig.from_dict({"model": {"hedas": 3}})
     with pytest.raises(TrainConfigError, match="mixup_alpha must be positive"):
         TrainConfig.from_dict({"mixup_alpha": 0})
+    # bf16 autocast and TF32 default to on for CUDA only; an explicit setting wins; the run saves the decision.
+    assert config.bf16 is None and config.tf32 is None
+    assert (config.resolved("cuda").bf16, config.resolved("cuda").tf32) == (True, True)
+    assert (config.resolved("cpu").bf16, config.resolved("cpu").tf32) == (False, False)
+    assert TrainConfig(bf16=False).resolved("cuda").bf16 is False

@@ -11,6 +11,7 @@ import torch
 from pipeline.labels import LabelEncoder
 from pipeline.store import FeatureStore
 from training.checkpoint import RunMismatch
+from training.config import TrainConfig
 from training.data import STRONG, UNLABELLED, WEAK, TrainingDataError, load_clips
 from training.loss import mean_teacher_loss
 from training.mean_teacher import ema_update, make_teacher
@@ -175,7 +176,8 @@ def test_resume_reaches_the_same_parameters(tmp_path, synthetic_store, architect
     assert [x["step"] for x in log_part] == list(range(1, 7))
     assert [x["total"] for x in log_full] == [x["total"] for x in log_part]
     assert [x["lr"] for x in log_full] == pytest.approx([1e-3] * 4 + [1e-4] * 2)  # x0.1 after lr_decay_every steps
-    assert (tmp_path / "full" / "config.yaml").exists()
+    saved = TrainConfig.load(tmp_path / "full" / "config.yaml")
+    assert (saved.bf16, saved.tf32) == (False, False)  # decided for the CPU, recorded
     assert any((tmp_path / "full" / "tensorboard").iterdir())
 
 
