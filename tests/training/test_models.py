@@ -135,3 +135,35 @@ def test_config_yaml_round_trip(tmp_path):
     assert (config.resolved("cuda").bf16, config.resolved("cuda").tf32) == (True, True)
     assert (config.resolved("cpu").bf16, config.resolved("cpu").tf32) == (False, False)
     assert TrainConfig(bf16=False).resolved("cuda").bf16 is False
+
+
+def test_front_end_channels_last_is_the_same_function_in_another_layout():
+    """The CUDA layout (NHWC feature maps) computes what NCHW does, also over stacked seeds under vmap."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    torch.manual_seed(0)
+    # float64: the two layouts sum in other orders, so compare far below float32 rounding.
+    nets = [CNNFrontEnd(CNNConfig(dropout=0.0), 128).double().train() for _ in range(2)]
+    logmel = torch.randn(2, 3, 512, 64, dtype=torch.float64)
+    layouts = []
+    handle = nets[0].blocks[0][1].register_forward_pre_hook(
+        lambda m, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)
+                                       and not args[0].is_contiguous()))
+    out = {}
+    for channels_last in (False, True):
+        for net in nets:
+            net.channels_last = channels_last
+        y = nets[0](logmel[0])
+        y.square().mean().backward()
+        out[channels_last] = (y.detach(), nets[0].blocks[0][0].weight.grad.clone())
+        nets[0].zero_grad()
+    handle.remove()
+    assert layouts == [False, True]  # the first batch norm really sees NHWC maps when asked
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-7, atol=1e-10)
+    # Over seeds (training.group's vmap): same outputs as each seed alone.
+    params, buffers = stack_module_state(nets)
+    stacked = vmap(lambda p, b, x: functional_call(nets[0], (p, b), (x,)), randomness="different")(
+        params, buffers, logmel)
+    for s, net in enumerate(nets):
+        torch.testing.assert_close(stacked[s], net(logmel[s]), rtol=1e-9, atol=1e-9)
