@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from pipeline.store import FeatureStore
 from training.checkpoint import CHECKPOINT, FORMAT, RunMismatch, load_checkpoints, save_checkpoints
+from training.cnn import CNNFrontEnd
 from training.config import TrainConfig
 from training.data import ClipSet, load_clips
 from training.draws import DRAW_CHUNK, BatchSchedule, StepDraws, draw_chunk, stream_seed
@@ -350,6 +351,12 @@ def prepare_group(config: TrainConfig, seeds: Sequence[int], data: ClipSet, devi
     students = [build_seed_model(config.model, visual_dims, s, device, dtype) for s in seeds]
     teachers = [make_teacher(m) for m in students]
     skeleton = skeleton_of(students[0]).train()
+    if len(seeds) > 1:
+        # CUDA batch norm asks for its input's memory format, which vmap (seeds stacked) cannot answer: stacked
+        # seeds keep NCHW feature maps (measured on an H100, the NHWC step crashed inside vmap).
+        for module in skeleton.modules():
+            if isinstance(module, CNNFrontEnd):
+                module.channels_last = False
     student = StackedModels.stack(students, requires_grad=True)
     teacher = StackedModels.stack(teachers, requires_grad=False)
     del students, teachers

@@ -15,6 +15,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from training.checkpoint import CHECKPOINT, PENDING, load_checkpoints, save_checkpoints
+from training.cnn import CNNFrontEnd
 from training.config import CNNConfig, ModelConfig
 from training.train import load_training_data, prepare_group, train, train_group
 
@@ -162,6 +163,10 @@ def test_steady_state_step_makes_no_host_round_trip(synthetic_store, seeds):
     config.model.dropout = config.model.cnn.dropout = 0.1
     data = load_training_data(synthetic_store, config, torch.device("cpu"))
     group = prepare_group(config, seeds, data, torch.device("cpu"))
+    # vmap cannot answer CUDA batch norm's memory-format query: stacked seeds must keep NCHW maps, one seed may
+    # use NHWC (None: on CUDA). Seen on an H100: a group of 8 crashed inside vmap with NHWC maps.
+    assert [m.channels_last for m in group.skeleton.modules() if isinstance(m, CNNFrontEnd)] == \
+        [None if len(seeds) == 1 else False]
     for step in range(2):
         group.before_step(step)
         group.step_fn()
