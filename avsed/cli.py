@@ -1,7 +1,11 @@
-"""The `avsed` command: synth, serve-videos, extract, status, train, paper, evaluate, report, serve, demo.
+"""The `avsed` command: synth, serve-videos, extract, status, migrate-store, train, paper, evaluate, report, serve,
+demo.
 
 Each subcommand parses flags and calls one plain function of the packages; imports are lazy so that
-`avsed status` does not pay for torch and Prefect.
+`avsed status` does not pay for torch and Prefect. Settings come from a config file (`--config`), then the
+flags, then `--set a.b=value` (repeatable), merged key by key (avsed.config). Expected errors (`AvsedError`: a bad
+setting, a missing store, a store another run writes, ...) print one line and exit 2; `--debug` shows the
+traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +22,40 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def _csv(value: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def _floats(value: str) -> list[float]:
+    """argparse `type=` for comma separated numbers (a bad one is argparse's one-line usage error)."""
+    try:
+        out = [float(v) for v in _csv(value)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: give comma separated numbers, e.g. 0.25,0.5") from None
+    if not out:
+        raise argparse.ArgumentTypeError("give at least one number")
+    return out
+
+
+def _paper_seeds(value: str) -> list[int]:
+    """argparse `type=` for `paper --seeds`: a count (20: seeds 0-19) or seeds and ranges (0-4, 0,2)."""
+    from training.cli import parse_seeds
+
+    if value.strip().isdigit():
+        return list(range(int(value)))
+    try:
+        return parse_seeds(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _learned_modes(value: str) -> list[str]:
+    """argparse `type=` for `paper --learned`: gate modes, comma separated, or none."""
+    modes = list(_csv(value))
+    if modes == ["none"]:
+        return modes
+    bad = [m for m in modes if m not in ("clip", "frame")]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(f"{value!r}: give clip, frame, clip,frame or none")
+    return modes
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -40,33 +78,45 @@ def cmd_serve_videos(args: argparse.Namespace) -> int:
     return 0
 
 
-def extract_config_from_args(args: argparse.Namespace):
-    from pipeline.extract import ExtractConfig
+SET_HELP = ("override one setting, e.g. --set download.concurrency=2 or --set model.d_model=32 (repeatable; the "
+            "value is read as YAML: 32, 1e-3, true, null, [a, b]); merged key by key over --config and the flags")
 
-    overrides = {
+
+def _flags(pairs: dict) -> dict:
+    """The settings the flags give ({"a.b": v} -> {"a": {"b": v}}), leaving out flags not given."""
+    from avsed.config import merge
+
+    out: dict = {}
+    for key, value in pairs.items():
+        if value is None:
+            continue
+        node: dict = {}
+        leaf = node
+        parts = key.split(".")
+        for part in parts[:-1]:
+            leaf = leaf.setdefault(part, {})
+        leaf[parts[-1]] = value
+        out = merge(out, node)
+    return out
+
+
+def extract_config_from_args(args: argparse.Namespace):
+    """--config, then the flags, then --set, merged key by key into one checked ExtractConfig."""
+    from avsed.config import parse_sets
+    from pipeline.extract_config import resolve_extract_config
+
+    flags = _flags({
         "metadata": args.metadata, "audio_dir": args.audio_dir, "store": args.store,
-        "features": _csv(args.features) if args.features else None,
+        "features": list(_csv(args.features)) if args.features else None,
         "recheck_missing": True if args.recheck_missing else None,
         "allow_random_weights": True if args.allow_random_weights else None,
         "frame_size": args.frame_size, "batch_clips": args.batch_clips,
         "max_clips_in_flight": args.max_clips_in_flight, "decode_workers": args.decode_workers,
         "recheck_after_days": args.recheck_after_days, "shards_in_flight": args.shards_in_flight,
-    }
-    download = {"url_template": args.url_template, "concurrency": args.concurrency,
-                "keep_videos": True if args.keep_videos else None}
-    download = {k: v for k, v in download.items() if v is not None}
-    if args.config:
-        cfg = ExtractConfig.from_yaml(args.config, **{k: v for k, v in overrides.items() if v is not None})
-    else:
-        missing = [f for f in ("metadata", "audio_dir", "store") if overrides[f] is None]
-        if missing:
-            raise SystemExit(f"avsed extract: missing --{', --'.join(m.replace('_', '-') for m in missing)} (or --config)")
-        cfg = ExtractConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
-    if download:
-        import dataclasses
-
-        cfg = dataclasses.replace(cfg, download=dataclasses.replace(cfg.download, **download))
-    return cfg
+        "download.url_template": args.url_template, "download.concurrency": args.concurrency,
+        "download.keep_videos": True if args.keep_videos else None,
+    })
+    return resolve_extract_config(flags, args.config, parse_sets(args.set), config_name="flags")
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
@@ -81,7 +131,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
         in_process_defaults()
         from flows.extract import extract_features
 
-        report = extract_features(config=cfg.to_dict(), dask_address=args.dask_address)
+        report = extract_features(config=cfg, dask_address=args.dask_address)
     if args.json:
         print(json.dumps(report))
     else:
@@ -124,16 +174,91 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from training.cli import run_train
+def train_config_from_args(args: argparse.Namespace, dirs: list[Path]):
+    """--config (or the paper's defaults), then --seed / --steps / --device, then --set, merged key by key; None
+    resumes with the checkpoints' own config when nothing is given that would change it."""
+    from avsed.config import parse_sets
+    from training.cli import CHECKPOINT
+    from training.config import resolve_train_config
 
-    return run_train(args)
+    sets = parse_sets(getattr(args, "set", None))
+    resuming = getattr(args, "resume", False) and all((d / CHECKPOINT).exists() for d in dirs)
+    if resuming and not args.config and args.seed is None and args.steps is None and not args.device and not sets:
+        return None
+    # --steps N: a run of N steps (one "epoch" of N batches); the lr decay period is unchanged.
+    flags = _flags({"seed": args.seed, "epochs": 1 if args.steps is not None else None,
+                    "steps_per_epoch": args.steps, "device": args.device or None})
+    return resolve_train_config(flags, args.config, sets, config_name="flags")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.cli import CHECKPOINT, parse_seeds, seed_dir
+
+    seeds = parse_seeds(args.seeds) if isinstance(args.seeds, str) else args.seeds
+    if seeds and args.seed is not None:
+        from avsed.config import ConfigError
+
+        raise ConfigError("give --seed or --seeds, not both")
+    dirs = [seed_dir(args.out, s) for s in seeds] if seeds else [Path(args.out)]
+    config = train_config_from_args(args, dirs)
+    if args.engine == "prefect":
+        from training.config import TrainConfig
+
+        if config is None:  # resuming unchanged: the runs' own (saved) config
+            config = TrainConfig.load(dirs[0] / "config.yaml")
+        from flows import in_process_defaults
+
+        in_process_defaults()
+        from flows.train import train_flow
+
+        results = train_flow(args.store, args.out, config=config, seeds=seeds or None)
+    else:
+        from training.train import train, train_group
+
+        if seeds:
+            trained = train_group(args.store, config, {s: seed_dir(args.out, s) for s in seeds}, resume=args.resume)
+        else:
+            trained = [train(args.store, config, args.out, resume=args.resume)]
+        results = [{"out_dir": str(r.out_dir), "steps": r.steps, "trained_steps": r.trained_steps,
+                    "samples_per_second": r.samples_per_second, "last_losses": r.last_losses} for r in trained]
+    for r in results:
+        losses = ", ".join(f"{k} {v:.4f}" for k, v in r["last_losses"].items())
+        print(f"{r['out_dir']}: {r['steps']} steps ({r['trained_steps']} trained now, "
+              f"{r['samples_per_second']:.1f} samples/s per seed); last losses: {losses}")
+    print(f"checkpoints: {', '.join(str(Path(r['out_dir']) / CHECKPOINT) for r in results)}")
+    return 0
 
 
 def cmd_paper(args: argparse.Namespace) -> int:
-    from training.cli import run_paper_command
+    """The grid of the paper's Tables 5-8, trained, evaluated and tabulated."""
+    from avsed.config import parse_sets
+    from training.config import resolve_train_config
 
-    return run_paper_command(args)
+    flags = _flags({"epochs": 1 if args.steps is not None else None, "steps_per_epoch": args.steps,
+                    "device": args.device or None})
+    base = resolve_train_config(flags, args.config, parse_sets(args.set), config_name="flags")
+    options = dict(store=args.store, out_dir=args.out, seeds=list(args.seeds),
+                   architectures=[a.strip() for a in args.architectures.split(",") if a.strip()],
+                   train_audio_weights=list(args.train_audio_weights),
+                   features=[f.strip() for f in args.features.split(",")] if args.features else None,
+                   plots=not args.no_plots, device=args.device or "auto",
+                   inference_audio_weights=list(args.inference_audio_weights),
+                   learned_modes=[] if args.learned == ["none"] else list(args.learned))
+    if args.engine == "prefect":
+        from flows import in_process_defaults
+
+        in_process_defaults()
+        from flows.paper import paper_flow
+
+        summary = paper_flow(**options, base=base)
+    else:
+        from training.paper import run_paper, summary_of
+
+        summary = summary_of(run_paper(**options, base=base))
+    print(f"trained {summary['trained_runs']} runs, evaluated {summary['evaluated_runs']} runs "
+          f"({len(summary['entries'])} models x {len(options['seeds'])} seeds)")
+    print(Path(summary["tables"]["markdown"]).read_text())
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -193,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--store", help="the feature store to create or grow (features.zarr)")
     s.add_argument("--features", help="comma separated: logmel,openl3,vgg16,tce (default logmel)")
     s.add_argument("--url-template", help="video URL with a {youtube_id} field (default: YouTube's watch URL)")
-    s.add_argument("--config", help="YAML file of ExtractConfig fields; flags override it")
+    s.add_argument("--config", help="YAML file of extraction settings (ExtractConfig: download:, extractor_configs:, "
+                                    "...); the flags and --set override it key by key")
     s.add_argument("--recheck-missing", action="store_true", help="retry videos recorded as permanently missing")
     s.add_argument("--recheck-after-days", type=float,
                    help="re-check cached clips' videos last checked more than this many days ago (default 30)")
@@ -212,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prefect: the extract-features flow in-process; plain: the same pipeline without Prefect")
     s.add_argument("--dask-address", help="tcp://host:port of a dask.distributed scheduler to run shard tasks on")
     s.add_argument("--json", action="store_true", help="print the run's report as one JSON line")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
     s.set_defaults(func=cmd_extract)
 
     s = sub.add_parser("status", help="what a store holds (reads only: no lock, works on a read-only store)")
@@ -238,26 +365,35 @@ def build_parser() -> argparse.ArgumentParser:
                         "models stacked); each writes its own run directory")
     s.add_argument("--steps", type=int, help="train N steps in all (one epoch of N batches) instead of 100 x 250")
     s.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    s.add_argument("--engine", choices=("plain", "prefect"), default="plain",
+                   help="plain: train in this process (default); prefect: the `train` flow in this process (task "
+                        "and artifacts in Prefect; it always continues from checkpoints in --out)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
     s.set_defaults(func=cmd_train)
 
     s = sub.add_parser("paper", help="train, evaluate and tabulate the paper's Tables 5-8 on a store")
     s.add_argument("--store", required=True, help="the feature store; models need the visual features it has")
     s.add_argument("--out", required=True, help="output folder: runs/<model>/seed<k>/ and tables.md, table<N>.csv/png")
-    s.add_argument("--seeds", default="20", help="a count (20: seeds 0-19, the paper's) or seeds like 0-4 or 0,2")
+    s.add_argument("--seeds", default="20", type=_paper_seeds,
+                   help="a count (20: seeds 0-19, the paper's) or seeds like 0-4 or 0,2")
     s.add_argument("--architectures", default="transformer,conformer", help="comma separated")
     s.add_argument("--features", help="visual features to use (default vgg16,openl3,tce; absent ones are skipped)")
-    s.add_argument("--train-audio-weights", default="0.75",
+    s.add_argument("--train-audio-weights", default="0.75", type=_floats,
                    help="training audio weights of the fixed-weight models, comma separated; with several, each "
                         "row shows the one with the best validation EBF1 (the paper tried 0.25,0.5,0.75,0.875)")
-    s.add_argument("--inference-audio-weights", default="0.25,0.5,0.75,0.875",
+    s.add_argument("--inference-audio-weights", default="0.25,0.5,0.75,0.875", type=_floats,
                    help="audio weights a multi-encoder model chooses from on validation EBF1 (paper 3.2.2)")
     s.add_argument("--config", help="YAML of settings shared by every model (e.g. toy sizes); each model sets "
                                     "its own architecture, encoders and interpolation weights")
     s.add_argument("--steps", type=int, help="N steps per run instead of the paper's 100 x 250")
     s.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    s.add_argument("--learned", default="clip", type=_learned_modes,
+                   help="beyond the paper: also train every bi- and tri-encoder with learned interpolation "
+                        "weights per clip (default), per frame, both (clip,frame) or none")
     s.add_argument("--no-plots", action="store_true", help="skip the per-run evaluation plots (tables still get PNGs)")
     s.add_argument("--engine", choices=("prefect", "plain"), default="prefect",
                    help="prefect: the `paper` flow in-process; plain: the same steps without Prefect")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
     s.set_defaults(func=cmd_paper)
 
     s = sub.add_parser("evaluate", help="tune on validation, report on eval")
@@ -281,15 +417,19 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(default: the audio-only model of the same architecture)")
     s.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("serve", help="serve the Prefect deployments extract-features/<name> and train/<name>")
-    s.add_argument("--name", default="default")
-    s.add_argument("--limit", type=int, default=None)
+    s = sub.add_parser("serve", help="serve the Prefect deployments extract-features/<name>, train/<name> and "
+                                     "paper/<name> from this process (needs PREFECT_API_URL; see also prefect.yaml)")
+    s.add_argument("--name", default="default", help="the deployments' name (default: default)")
+    s.add_argument("--limit", type=int, default=None, help="flow runs at once (default: no limit)")
     s.set_defaults(func=cmd_serve)
 
     s = sub.add_parser("demo", help="the whole mission on a synthetic data set")
-    s.add_argument("--out", default="demo-out")
+    s.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
     s.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
     s.set_defaults(func=cmd_demo)
+    for subparser in sub.choices.values():  # `avsed <command> ... --debug` too
+        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                               help="show the full traceback of an error")
     return p
 
 
@@ -307,11 +447,7 @@ def _expected(exc: BaseException) -> AvsedError | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    for subparser in parser._subparsers._group_actions[0].choices.values():  # `avsed <command> ... --debug` too
-        subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                               help="show the full traceback of an error")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

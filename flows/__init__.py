@@ -11,17 +11,23 @@ import os
 _RUN_LOGGERS = ("prefect.task_runs", "prefect.flow_runs")
 
 
-def in_process_defaults() -> None:
-    """Environment defaults for flows run in this process without a Prefect server (an explicit setting
-    wins); call before Prefect is imported, as its settings are read then.
+def in_process_defaults(local_api: bool = True) -> None:
+    """Environment for flows run in this process (an explicit setting wins); call before Prefect is imported, as
+    its settings are read then.
 
-    Such a run starts a temporary Prefect API server that gets 20 s by default; a busy machine (torch and dask
-    loading beside it, 2 cores) can need more. Its telemetry service's heartbeat logs a `database is locked`
-    traceback on most runs (STACK.md): it is turned off.
+    Such a run needs a Prefect API. Without one configured, `local_api` starts Prefect's temporary API server
+    ourselves, with a parent-death signal (flows.local_api): Prefect's own would outlive this process when it is
+    killed outright. The server gets 120 s to start (20 s by default; a busy machine, torch and dask loading beside
+    it on 2 cores, can need more). Its telemetry service's heartbeat logs a `database is locked` traceback on most
+    runs (STACK.md): it is turned off.
     """
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DO_NOT_TRACK", "1")
+    if local_api:
+        from flows.local_api import start_local_api
+
+        start_local_api()
 
 
 def is_expected_error(exc: BaseException | None) -> bool:

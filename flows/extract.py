@@ -10,12 +10,21 @@ With `dask_address`, one task per shard (`extract[logmel+openl3, shard 17]`) car
 one Dask worker: frames never travel between workers, and each shard has exactly one writer. The store and the
 ledger must then be on storage every worker sees.
 
+The flow's parameters are typed (`ExtractConfig`): the Prefect UI shows a form and the server refuses a deployment
+run whose parameters do not fit (a misspelt key, a wrong type) before it starts. `config_file` and `config` merge
+key by key (`pipeline.extract_config.resolve_extract_config`).
+
+Observability: progress artifacts (`extraction-progress`: shards done; `audio-progress` and `video-progress`: clips
+done, updated from the flow's thread while it waits for its window, with a log line at most every 30 s) and the
+run's report as a Markdown artifact (`extraction-report`).
+
 Expected errors (`AvsedError`: bad settings, missing weights, a store made otherwise or being written by another
 run) are not retried and are logged as one line.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -23,10 +32,13 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import wait
 
 from flows import quiet_expected_errors, retry_unless_expected
+from flows.download_cap import ClusterDownloadCap
 from pipeline.extract import (AudioJob, ExtractConfig, ExtractionPlan, ExtractionReport, ExtractionRun, VideoJob,
-                              extract_shard, finish_extraction, plan_extraction, probe_cached_videos)
+                              finish_extraction, plan_extraction, probe_cached_videos)
+from pipeline.extract_config import resolve_extract_config
 from pipeline.store import StoreLock
 
 GPU_TAG = "avsed-gpu"  # a Prefect concurrency limit on this tag caps the tasks that use the GPU
@@ -89,9 +101,16 @@ def probe_task(config: ExtractConfig, jobs: list[VideoJob], n: int) -> dict[str,
 @task(name="extract-shard", task_run_name="extract[{label}, shard {shard}]", tags=[GPU_TAG], cache_policy=NO_CACHE,
       retry_condition_fn=retry_unless_expected)
 def shard_task(config: ExtractConfig, audio_jobs: list[AudioJob], video_jobs: list[VideoJob],
-               audio_features: tuple[str, ...], video_features: tuple[str, ...], shard: int,
-               label: str) -> dict[str, Any]:
-    return extract_shard(config, audio_jobs, video_jobs, audio_features, video_features)
+               audio_features: tuple[str, ...], video_features: tuple[str, ...], shard: int, label: str,
+               download_cap: ClusterDownloadCap | None = None) -> dict[str, Any]:
+    """One shard from download to write on a Dask worker (frames never leave it; the shard has one writer). Its
+    downloads take leases of the run's cluster-wide cap, so the run has `download.concurrency` in flight in all."""
+    with ExtractionRun(config) as run:
+        if download_cap is not None:
+            download_cap.apply(run, video_features)
+        report = run.audio(audio_jobs, audio_features)
+        report.add(run.videos(video_jobs, video_features))
+    return report.to_dict()
 
 
 @task(name="statistics", task_run_name="statistics", cache_policy=NO_CACHE, retries=1,
@@ -101,35 +120,85 @@ def stats_task(config: ExtractConfig) -> dict[str, Any]:
 
 
 @flow(name="extract-features", log_prints=True)
-def extract_features(config: dict[str, Any] | None = None, config_file: str | None = None,
-                     dask_address: str | None = None, **overrides: Any) -> dict[str, Any]:
-    """Run the extraction; `config` is an ExtractConfig as a dict (what a deployment's parameters hold)."""
+def extract_features(config: ExtractConfig | None = None, config_file: str | None = None,
+                     dask_address: str | None = None) -> dict[str, Any]:
+    """Extract features into a store and return the run's report.
+
+    Args:
+        config: the extraction settings; with `config_file`, only the keys to change (the two merge key by key,
+            `config` winning).
+        config_file: a YAML file of extraction settings, on the machine that runs the flow.
+        dask_address: tcp://host:port of a dask.distributed scheduler whose workers run one task per shard.
+    """
     quiet_expected_errors()
-    if config_file:
-        cfg = ExtractConfig.from_yaml(config_file, **{**(config or {}), **overrides})
-    else:
-        cfg = ExtractConfig.from_dict({**(config or {}), **overrides})
+    cfg = resolve_extract_config(config, config_file)
     if dask_address:
         return _run_on_dask(cfg, dask_address)
     return _run(cfg)
 
 
-class _ShardProgress:
-    """A Prefect progress artifact over the shards of the run, updated as each shard's tasks finish."""
+class _RunProgress:
+    """The run's progress artifacts. The pipeline's threads only count (the observer); the flow's thread, while it
+    waits for its window of shards, turns the counts into artifact updates (every `interval` s) and a log line
+    (every `log_interval` s): a long embedding task is visible while it runs."""
 
-    def __init__(self, key: str, total: int, what: str):
-        self.total, self.done = max(1, total), 0
-        self.id = create_progress_artifact(0.0, key=key, description=f"{what}: shards done of {total}")
+    def __init__(self, plan: ExtractionPlan, shards: int, what: str, clips: bool = True, interval: float = 5.0,
+                 log_interval: float = 30.0):
+        # clips=False: the clips are counted where they run (Dask workers); only whole shards are seen here
+        self.totals = {"shards": shards, "audio": len(plan.audio_jobs) * clips, "videos": len(plan.video_jobs) * clips}
+        self.done = dict.fromkeys(self.totals, 0)
+        self.interval, self.log_interval = interval, log_interval
+        self._lock = threading.Lock()
+        self._shown: dict[str, float] = {}
+        self._last = self._last_log = time.monotonic()
+        keys = {"shards": ("extraction-progress", f"{what}: shards done of {shards}"),
+                "audio": ("audio-progress", f"audio clips done of {self.totals['audio']}"),
+                "videos": ("video-progress", f"videos settled (written, missing or failed) of {self.totals['videos']}")}
+        self.ids = {name: create_progress_artifact(0.0, key=key, description=description)
+                    for name, (key, description) in keys.items() if self.totals[name] or name == "shards"}
 
-    def step(self) -> None:
-        self.done += 1
-        update_progress_artifact(self.id, 100.0 * self.done / self.total)
+    def __call__(self, event: str, details: dict[str, Any]) -> None:  # the pipeline's observer
+        name = {"audio": "audio", "settled": "videos"}.get(event)
+        if name is not None:
+            with self._lock:
+                self.done[name] += 1
+
+    def shard_done(self) -> None:
+        with self._lock:
+            self.done["shards"] += 1
+        self.refresh(force=True)
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        with self._lock:
+            done = dict(self.done)
+        for name, artifact in self.ids.items():
+            percent = 100.0 * min(done[name], self.totals[name]) / self.totals[name] if self.totals[name] else (
+                100.0 if done["shards"] >= self.totals["shards"] else 0.0)  # a run with nothing to do
+            if self._shown.get(name) != percent:
+                update_progress_artifact(artifact, percent)
+                self._shown[name] = percent
+        if now - self._last_log >= self.log_interval:
+            self._last_log = now
+            get_run_logger().info("progress: " + ", ".join(f"{name} {done[name]} of {self.totals[name]}"
+                                                         for name in self.totals if self.totals[name]))
+
+    def wait_for(self, futures: list) -> None:
+        """Wait for a shard's futures, refreshing the artifacts meanwhile."""
+        while futures:
+            _, pending = wait(futures, timeout=self.interval)
+            futures = list(pending)
+            self.refresh()
 
 
-def _settle(report: ExtractionReport, futures: list, progress: _ShardProgress) -> None:
+def _settle(report: ExtractionReport, futures: list, progress: _RunProgress) -> None:
+    progress.wait_for(futures)
     for f in futures:
         report.add(ExtractionReport.from_dict(f.result()))
-    progress.step()
+    progress.shard_done()
 
 
 def _run(cfg: ExtractConfig) -> dict[str, Any]:
@@ -143,11 +212,11 @@ def _run_locked(cfg: ExtractConfig) -> dict[str, Any]:
     report = ExtractionReport(clips=plan.n_clips, new_clips=plan.new_clips, manifest_problems=plan.manifest_problems,
                               label_changes=plan.label_changes)
     shards = plan.shards()
-    progress = _ShardProgress("extraction-progress", len(shards), "audio and video features")
+    progress = _RunProgress(plan, len(shards), "audio and video features")
     t1 = time.perf_counter()
     probe = probe_task.submit(cfg, plan.probe_jobs, n=len(plan.probe_jobs))
     audio_label, video_label = _label(plan.audio_features), _label(plan.video_features)
-    with ExtractionRun(cfg) as run:
+    with ExtractionRun(cfg, observer=progress) as run:
         window: deque = deque()
         for shard, audio_jobs, video_jobs in shards:
             while len(window) >= max(1, cfg.shards_in_flight):
@@ -203,20 +272,24 @@ def _run_on_dask(cfg: ExtractConfig, address: str) -> dict[str, Any]:
     from prefect_dask import DaskTaskRunner
 
     # The same flow, with its shard tasks submitted to the given scheduler instead of local threads.
-    return extract_features_on_dask.with_options(task_runner=DaskTaskRunner(address=address))(cfg.to_dict())
+    return extract_features_on_dask.with_options(task_runner=DaskTaskRunner(address=address))(cfg)
 
 
 @flow(name="extract-features-dask")
-def extract_features_on_dask(config: dict[str, Any]) -> dict[str, Any]:
+def extract_features_on_dask(config: ExtractConfig) -> dict[str, Any]:
+    from prefect.runtime import flow_run
+
     quiet_expected_errors()
-    cfg = ExtractConfig.from_dict(config)
+    cfg = config.validate()
+    # One cap on downloads for the whole run, whatever the shards in flight: a semaphore on the scheduler.
+    cap = ClusterDownloadCap(f"avsed-downloads-{flow_run.id}", cfg.download.concurrency)
     with StoreLock(cfg.store, purpose="extract-features flow (dask)"):
         t0 = time.perf_counter()
         plan = plan_task(cfg)
         report = ExtractionReport(clips=plan.n_clips, new_clips=plan.new_clips,
                                   manifest_problems=plan.manifest_problems, label_changes=plan.label_changes)
         shards = plan.shards()
-        progress = _ShardProgress("extraction-progress", len(shards), "shards extracted on Dask")
+        progress = _RunProgress(plan, len(shards), "shards extracted on Dask", clips=False)
         probe = probe_task.submit(cfg, plan.probe_jobs, n=len(plan.probe_jobs))
         label = _label(plan.audio_features + plan.video_features)
         window: deque = deque()
@@ -224,7 +297,7 @@ def extract_features_on_dask(config: dict[str, Any]) -> dict[str, Any]:
             while len(window) >= max(1, cfg.shards_in_flight):
                 _settle(report, window.popleft(), progress)
             window.append([shard_task.submit(cfg, audio_jobs, video_jobs, plan.audio_features, plan.video_features,
-                                             shard=shard, label=label)])
+                                             shard=shard, label=label, download_cap=cap if video_jobs else None)])
         while window:
             _settle(report, window.popleft(), progress)
         report.add(ExtractionReport.from_dict(probe.result()))

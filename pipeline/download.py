@@ -47,6 +47,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
 from pipeline.circuit_breaker import CircuitBreaker
@@ -70,48 +71,79 @@ DEFAULT_FORMAT_SORT = ("+res", "vcodec:h264", "+size", "+br")
 RESULT_STATUSES = ("available", "missing", "failed", "not_attempted")
 
 
-@dataclass(frozen=True)
-class DownloadConfig:
-    url_template: str = "https://www.youtube.com/watch?v={youtube_id}"
-    format: str = DEFAULT_FORMAT
-    format_sort: tuple[str, ...] = DEFAULT_FORMAT_SORT
-    partial: bool = True  # only the clip's [start, end] range (download_ranges through ffmpeg)
-    force_keyframes_at_cuts: bool = True  # re-encode at the cut: the file starts exactly at the clip start
-    retries: int = 3
-    fragment_retries: int = 3
-    # Seconds without data before a request gives up; also ffmpeg's read timeout on partial downloads.
-    socket_timeout: float = 20.0
-    concurrency: int = 4  # downloads and probes in flight at once, for the whole run
+class DownloadConfig(BaseModel):
+    """How one run downloads: where from, which format, how many at once, how patiently, and the options the real
+    YouTube needs (cookies, proxy, pauses, extractor arguments). A section of ExtractConfig (`download:`)."""
+
+    # frozen: one run's settings never change under its threads; unknown keys are errors (a typo must not
+    # silently fall back to YouTube)
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url_template: str = Field("https://www.youtube.com/watch?v={youtube_id}",
+                              description="video URL with a {youtube_id} field (YouTube's watch URL by default)")
+    format: str = Field(DEFAULT_FORMAT, description="yt-dlp format selector (smallest video at or above 224 px)")
+    format_sort: tuple[str, ...] = Field(DEFAULT_FORMAT_SORT, description="yt-dlp format sort order")
+    partial: bool = Field(True, description="download only the clip's time range (through ffmpeg)")
+    force_keyframes_at_cuts: bool = Field(True, description="re-encode at the cut: the file starts exactly at the "
+                                                            "clip start")
+    retries: int = Field(3, description="yt-dlp retries per request")
+    fragment_retries: int = Field(3, description="yt-dlp retries per fragment")
+    socket_timeout: float = Field(20.0, description="seconds without data before a request gives up (also "
+                                                    "ffmpeg's read timeout on partial downloads)")
+    concurrency: int = Field(4, ge=1, description="downloads and probes in flight at once, for the whole run")
     # A partial download that ffmpeg cannot cut (a damaged file, or a host ffmpeg cannot seek in) is
     # tried once more whole; the decoder then judges the file (`corrupt` if it cannot decode it).
-    fallback_whole: bool = True
-    keep_videos: bool = False  # the caller deletes a video after its frames are extracted unless set
-    rate_limit: float | None = None  # bytes/s per download, None: unlimited
+    fallback_whole: bool = Field(True, description="retry a clip whose cut fails as one whole-video download")
+    keep_videos: bool = Field(False, description="keep downloaded videos (default: deleted once their frames are "
+                                                 "written)")
+    rate_limit: float | None = Field(None, description="bytes/s per download; null: unlimited")
     # -- for the real YouTube ------------------------------------------------------------------------------
     # A Netscape cookies.txt of a signed-in browser: answers bot checks, and lets an age-verified account see
     # age-restricted videos (see `retry_missing_reasons`). yt-dlp writes refreshed cookies back to it.
-    cookies_file: str | None = None
-    proxy: str | None = None  # e.g. "http://host:3128" or "socks5://host:1080", for yt-dlp and its ffmpeg
-    sleep_interval: float | None = None  # seconds to wait before each download (yt-dlp's --sleep-interval)
-    max_sleep_interval: float | None = None  # with sleep_interval: a random wait in [sleep, max]
-    sleep_interval_requests: float | None = None  # seconds between a clip's metadata requests
-    # yt-dlp's extractor arguments, as its API takes them: {"youtube": {"player_client": ["web", "mweb"]}}.
-    extractor_args: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    cookies_file: str | None = Field(None, description="Netscape cookies.txt of a browser signed in to YouTube "
+                                                       "(bot checks, age-restricted videos)")
+    proxy: str | None = Field(None, description="proxy for yt-dlp and its ffmpeg, e.g. http://host:3128 or "
+                                                "socks5://host:1080")
+    sleep_interval: float | None = Field(None, description="seconds to wait before each download")
+    max_sleep_interval: float | None = Field(None, description="with sleep_interval: a random wait in "
+                                                               "[sleep_interval, this]")
+    sleep_interval_requests: float | None = Field(None, description="seconds between a clip's metadata requests")
+    extractor_args: dict[str, dict[str, list[str]]] = Field(
+        default_factory=dict, description='yt-dlp extractor arguments, e.g. {"youtube": {"player_client": ["web"]}}')
     # After this many consecutive refusals of one kind (HTTP 429 / bot check) the run stops downloading and
     # the clips not yet tried come back `not_attempted`; 0 never stops.
-    breaker_threshold: int = 20
-    # A clip without a result after this many seconds (from its start) is recorded `failed` / `deadline`.
-    clip_deadline_seconds: float = 300.0
+    breaker_threshold: int = Field(20, ge=0, description="consecutive refusals of one kind (HTTP 429, bot check) "
+                                                         "after which the run stops downloading; 0: never")
+    clip_deadline_seconds: float = Field(300.0, gt=0, description="seconds a clip may take in all before it is "
+                                                                  "recorded failed (deadline)")
 
-    def __post_init__(self) -> None:
-        if int(self.concurrency) < 1:
-            raise AvsedError(f"download.concurrency must be at least 1, got {self.concurrency}")
-        if not float(self.clip_deadline_seconds) > 0:
-            raise AvsedError(f"download.clip_deadline_seconds must be positive, got {self.clip_deadline_seconds}")
-        if int(self.breaker_threshold) < 0:
-            raise AvsedError(f"download.breaker_threshold must be 0 (never stop) or more, got {self.breaker_threshold}")
-        object.__setattr__(self, "extractor_args", _checked_extractor_args(self.extractor_args))
-        object.__setattr__(self, "format_sort", tuple(self.format_sort))  # a YAML or JSON list, as written
+    # The checks raise AvsedError (one line from `avsed`, never retried); they run before the bounds in the schema
+    # (which the Prefect server checks) so that the message names the setting.
+    @field_validator("concurrency", mode="before")
+    @classmethod
+    def _concurrency(cls, value):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 1:
+            raise AvsedError(f"download.concurrency must be at least 1, got {value}")
+        return value
+
+    @field_validator("clip_deadline_seconds", mode="before")
+    @classmethod
+    def _deadline(cls, value):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not value > 0:
+            raise AvsedError(f"download.clip_deadline_seconds must be positive, got {value}")
+        return value
+
+    @field_validator("breaker_threshold", mode="before")
+    @classmethod
+    def _breaker(cls, value):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+            raise AvsedError(f"download.breaker_threshold must be 0 (never stop) or more, got {value}")
+        return value
+
+    @field_validator("extractor_args", mode="before")
+    @classmethod
+    def _extractor_args(cls, value):
+        return _checked_extractor_args(value)
 
     def url(self, youtube_id: str) -> str:
         return self.url_template.format(youtube_id=youtube_id)
@@ -337,7 +369,7 @@ def _download_with(ydl, log: _CapturedLog, clip_id: str, segment: "YouTubeSegmen
     result = _attempt(ydl, log, clip_id, segment, out_dir, config)
     if (config.partial and config.fallback_whole and result.status == "failed"
             and _FFMPEG_FAILED in result.message and not (cancel is not None and cancel.is_set())):
-        whole = _attempt(ydl, log, clip_id, segment, out_dir, replace(config, partial=False))
+        whole = _attempt(ydl, log, clip_id, segment, out_dir, config.model_copy(update={"partial": False}))
         note = f"partial download failed ({result.message}); whole video: "
         return replace(whole, message=note + (whole.message or "ok"))
     return result

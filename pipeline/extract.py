@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import yaml
 from tqdm.auto import tqdm
 
 from features.base import AudioExtractor, FeatureExtractor, FrameExtractor, build_extractor, extractor_class
 from pipeline.audio_stage import AudioJob, extract_audio_stream
-from pipeline.download import NO_YOUTUBE_ID_MESSAGE, DownloadConfig, DownloadSession, probe_clips
+from pipeline.download import NO_YOUTUBE_ID_MESSAGE, DownloadSession, probe_clips
 from pipeline.errors import AvsedError
+from pipeline.extract_config import ExtractConfig
 from pipeline.labels import ClipTiming
 from pipeline.ledger import Ledger, VideoRecord, open_ledger_for_store
 from pipeline.manifest import read_manifest
@@ -37,73 +37,6 @@ from pipeline.writer import ShardWriter, shard_groups
 
 __all__ = ["AudioJob", "VideoJob", "ExtractConfig", "ExtractionPlan", "ExtractionReport", "ExtractionRun",
            "plan_extraction", "run_extraction", "extract_shard", "finish_extraction", "probe_cached_videos"]
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    """Everything one extraction run needs; serialisable so a flow run and a CLI run are the same run."""
-
-    metadata: str
-    audio_dir: str
-    store: str
-    features: tuple[str, ...] = ("logmel",)
-    # Per-feature extractor settings, e.g. {"vgg16": {"weights_path": "...", "batch_size": 128}}.
-    extractor_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    download: DownloadConfig = field(default_factory=DownloadConfig)
-    video_dir: str | None = None  # where downloaded clips go; default <store>.videos
-    frame_size: int = 224  # decoded frames are frame_size x frame_size (recorded in the visual features' provenance)
-    recheck_missing: bool = False  # retry videos recorded as permanently missing
-    recheck_available: bool = True  # probe cached clips' videos so newly vanished ones are recorded
-    # ... but only those last checked more than this many days ago: a rerun does not ask the host about every
-    # cached video every time.
-    recheck_after_days: float = 30.0
-    allow_random_weights: bool = False
-    # Clips per upload batch of the embedding worker (its fixed shape: batch_clips x 64 frames). Each CNN runs its
-    # own `batch_size` frames per forward pass over it.
-    batch_clips: int = 16
-    # Decoded clips alive at once (the memory bound of the video stream); None: a quarter of the memory
-    # available at start, in clips.
-    max_clips_in_flight: int | None = None
-    decode_workers: int | None = None  # ffmpeg worker processes (and audio threads); None: the machine's cores
-    shards_in_flight: int = 2  # Prefect flow: shards downloaded or embedded at once (the flow's window)
-    clips_per_shard: int = DEFAULT_CLIPS_PER_SHARD  # a new store's shard size (an existing store keeps its own)
-    compute_stats: bool = True
-
-    @property
-    def ledger_path(self) -> Path:
-        return Ledger.path_for_store(self.store)
-
-    @property
-    def video_path(self) -> Path:
-        return Path(self.video_dir) if self.video_dir else Path(str(self.store) + ".videos")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["features"] = list(self.features)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ExtractConfig":
-        d = dict(d)
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise AvsedError(f"unknown extraction settings: {', '.join(sorted(unknown))}; known: "
-                             f"{', '.join(f.name for f in dataclasses.fields(cls))}")
-        if "download" in d and isinstance(d["download"], dict):
-            known = {f.name for f in dataclasses.fields(DownloadConfig)}
-            bad = set(d["download"]) - known
-            if bad:
-                raise AvsedError(f"unknown download settings: {', '.join(sorted(bad))}; known: {', '.join(sorted(known))}")
-            d["download"] = DownloadConfig(**d["download"])
-        if "features" in d:
-            d["features"] = tuple(d["features"])
-        return cls(**d)
-
-    @classmethod
-    def from_yaml(cls, path: str | Path, **overrides: Any) -> "ExtractConfig":
-        data = yaml.safe_load(Path(path).read_text()) or {}
-        data.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(data)
 
 
 @dataclass

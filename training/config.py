@@ -6,28 +6,27 @@ reproduced and resumed from its own directory.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
-from difflib import get_close_matches
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field
 
-from pipeline.errors import AvsedError
+from avsed.config import ConfigError, did_you_mean, merge, read_yaml_mapping, validated
 
-ARCHITECTURES = ("transformer", "conformer")
-
-
-class TrainConfigError(AvsedError, ValueError):
-    """A training setting that cannot work (the message names the key and what is allowed)."""
-
-
+ARCHITECTURES = ("transformer", "conformer")  # training.models' registry (not imported here: it needs torch)
 DTYPES = ("float32", "float64", "float16", "bfloat16")
 AUDIO_STREAM = "logmel"
 
+# Unknown keys are errors (a typo must not silently train the defaults); assignments are checked too.
+_MODEL_CONFIG = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
-@dataclass
-class CNNConfig:
+
+class TrainConfigError(ConfigError):
+    """A training setting that cannot work (the message names the key and what is allowed)."""
+
+
+class CNNConfig(BaseModel):
     """Convolutional front-end: 7 blocks of conv, batch norm, ReLU, dropout, average pooling.
 
     The paper's Table 3 (per-block kernel/stride) is not in our copy of the text, so the defaults follow
@@ -36,87 +35,142 @@ class CNNConfig:
     Pooling tuples are (time, frequency), like the paper's table.
     """
 
-    filters: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 128, 128, 128])
-    kernel: list[int] = field(default_factory=lambda: [3, 3, 3, 3, 3, 3, 3])
-    pooling: list[list[int]] = field(default_factory=lambda: [[2, 2], [2, 2], [2, 2], [1, 2], [1, 2], [1, 2], [1, 1]])
-    dropout: float = 0.1
+    model_config = _MODEL_CONFIG
+
+    filters: list[int] = Field(default_factory=lambda: [16, 32, 64, 128, 128, 128, 128],
+                               description="output channels of each convolutional block (7 blocks)")
+    kernel: list[int] = Field(default_factory=lambda: [3, 3, 3, 3, 3, 3, 3],
+                              description="kernel size of each block")
+    pooling: list[list[int]] = Field(
+        default_factory=lambda: [[2, 2], [2, 2], [2, 2], [1, 2], [1, 2], [1, 2], [1, 1]],
+        description="average pooling (time, frequency) after each block: 64 mel bins -> 1, 512 frames -> 64")
+    dropout: float = Field(0.1, description="dropout after each block")
     # Paper: "batch normalization with a momentum of 0.9", i.e. the Keras/TF convention
     # (running = 0.9 * running + 0.1 * batch). PyTorch's `momentum` weighs the *new* batch, so the
     # equivalent PyTorch value is 1 - 0.9 = 0.1. We store the paper's number and convert in one place.
-    batch_norm_momentum: float = 0.9
+    batch_norm_momentum: float = Field(0.9, description="batch norm momentum in the paper's (Keras) convention: "
+                                                        "running = m * running + (1 - m) * batch")
 
 
-@dataclass
-class ModelConfig:
-    architecture: str = "transformer"  # transformer | conformer
-    d_model: int = 128
-    heads: int = 3
-    d_head: int = 128  # d_k = 128 "at all times": attention inner size heads * d_head = 384
-    ff_dim: int = 512
-    dropout: float = 0.1
-    encoder_blocks: int = 3
-    decoder_blocks: int = 3
-    conv_kernel: int = 7  # conformer depthwise convolution
-    max_relative_distance: int = 128  # conformer: learnable relative position table covers +-(this - 1)
-    max_positions: int = 128  # transformer: learnable absolute positions (64 frames + class token)
-    n_classes: int = 10
-    cnn: CNNConfig = field(default_factory=CNNConfig)
+class GateConfig(BaseModel):
+    """Learned interpolation weights (beyond the paper, its section 4's future work; training/gate.py): a small
+    network reads pooled summaries of the encoders' memories and outputs the weights through a softmax masked by
+    availability. The weights the model is given (fixed, random or forced) act as a prior: their zeros mask
+    streams out, their values tilt the softmax."""
+
+    model_config = _MODEL_CONFIG
+
+    mode: Literal["none", "clip", "frame"] = Field(
+        "none", description="none: the given weights; clip: one learned set per clip; frame: one per decoder frame")
+    hidden: int = Field(64, ge=1, description="hidden units of the gating network")
+    temperature: float = Field(1.0, gt=0, description="softmax temperature of the gate's logits")
+    # The paper keeps the audio weight away from 0 (audio is the more salient stream and always there; its random
+    # weights draw audio from U(0.25, 1)): the same lower bound by default.
+    audio_floor: float = Field(0.25, ge=0, lt=1, description="lowest audio weight the gate can give a clip with "
+                                                              "video (0: none)")
 
 
-@dataclass
-class TrainConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+class ModelConfig(BaseModel):
+    """The multi-encoder model: one encoder per input stream, a decoder whose cross-attention is duplicated per
+    encoder and interpolated (paper section 2)."""
+
+    model_config = _MODEL_CONFIG
+
+    # A name of the models registry, checked by validate() (and by the Prefect server through the schema's enum).
+    architecture: str = Field("transformer", description="transformer or conformer",
+                              json_schema_extra={"enum": list(ARCHITECTURES)})
+    d_model: int = Field(128, description="model width")
+    heads: int = Field(3, description="attention heads")
+    # d_k = 128 "at all times": attention inner size heads * d_head = 384
+    d_head: int = Field(128, description="size of each attention head (d_k)")
+    ff_dim: int = Field(512, description="inner size of the feed-forward layers")
+    dropout: float = Field(0.1, description="dropout in the attention blocks")
+    encoder_blocks: int = Field(3, description="blocks per encoder")
+    decoder_blocks: int = Field(3, description="decoder blocks")
+    conv_kernel: int = Field(7, description="conformer: kernel of the depthwise convolution")
+    max_relative_distance: int = Field(128, description="conformer: the learnable relative position table covers "
+                                                        "+-(this - 1) frames")
+    max_positions: int = Field(128, description="transformer: learnable absolute positions (64 frames + class "
+                                                "token)")
+    n_classes: int = Field(10, description="sound event classes (DESED: 10)")
+    cnn: CNNConfig = Field(default_factory=CNNConfig, description="the convolutional front-end of the audio stream")
+    gate: GateConfig = Field(default_factory=GateConfig,
+                               description="learned, data-dependent interpolation weights (training/gate.py); "
+                                           "mode none keeps the given weights")
+
+
+
+class TrainConfig(BaseModel):
+    """Everything one training run needs, with the paper's settings as defaults (sections 2 and 3.1.5)."""
+
+    model_config = _MODEL_CONFIG
+
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the network")
     # Input streams, audio first: every encoder after the first reads one visual embedding of the store.
-    encoders: list[str] = field(default_factory=lambda: [AUDIO_STREAM])
+    encoders: list[str] = Field(default_factory=lambda: [AUDIO_STREAM],
+                                description="input streams, audio (logmel) first, then visual embeddings of the "
+                                            "store (openl3, vgg16, tce): one encoder each")
     # Training interpolation weights: a list (one per encoder, renormalised per clip over available
     # streams) or "random": audio ~ U(random_audio_low, random_audio_high) per batch, rest split equally.
-    interpolation_weights: Any = None  # None -> equal weights
-    random_audio_low: float = 0.25
-    random_audio_high: float = 1.0
+    interpolation_weights: list[float] | Literal["random"] | None = Field(
+        None, description="training interpolation weights: one per encoder (renormalised per clip over the "
+                          "streams it has), 'random' (audio ~ U(random_audio_low, random_audio_high) per batch), "
+                          "or null for equal weights")
+    random_audio_low: float = Field(0.25, description="'random' weights: lower bound of the audio weight")
+    random_audio_high: float = Field(1.0, description="'random' weights: upper bound of the audio weight")
     # Inference weights when predict() is not told otherwise. None -> the fixed training weights, or for
     # "random" training the mean of the audio distribution (0.625) with the rest split equally.
-    inference_weights: list[float] | None = None
+    inference_weights: list[float] | None = Field(
+        None, description="inference interpolation weights; null: the training weights (for 'random', the mean "
+                          "audio weight with the rest split equally)")
     # Batch composition (paper: 32 strong, 32 weak, 64 unlabelled = 128) and partitions of each kind.
-    batch_strong: int = 32
-    batch_weak: int = 32
-    batch_unlabelled: int = 64
-    strong_partitions: list[str] = field(default_factory=lambda: ["synthetic"])
-    weak_partitions: list[str] = field(default_factory=lambda: ["weak"])
-    unlabelled_partitions: list[str] = field(default_factory=lambda: ["unlabelled"])
+    batch_strong: int = Field(32, description="strongly labelled clips per batch")
+    batch_weak: int = Field(32, description="weakly labelled clips per batch")
+    batch_unlabelled: int = Field(64, description="unlabelled clips per batch")
+    strong_partitions: list[str] = Field(default_factory=lambda: ["synthetic"],
+                                         description="store partitions of strongly labelled clips")
+    weak_partitions: list[str] = Field(default_factory=lambda: ["weak"],
+                                       description="store partitions of weakly labelled clips")
+    unlabelled_partitions: list[str] = Field(default_factory=lambda: ["unlabelled"],
+                                             description="store partitions of unlabelled clips")
     # Schedule: 100 epochs x 250 batches; RAdam lr 1e-3, x0.1 every 10 000 steps.
-    epochs: int = 100
-    steps_per_epoch: int = 250
-    learning_rate: float = 1e-3
-    lr_decay_every: int = 10000
-    lr_decay_factor: float = 0.1
+    epochs: int = Field(100, description="epochs (the paper: 100)")
+    steps_per_epoch: int = Field(250, description="batches per epoch (the paper: 250)")
+    learning_rate: float = Field(1e-3, description="RAdam learning rate")
+    lr_decay_every: int = Field(10000, description="steps between learning-rate decays")
+    lr_decay_factor: float = Field(0.1, description="learning-rate factor at each decay")
     # Mean teacher and loss.
-    ema_decay: float = 0.999
-    consistency_weight: float = 2.0
+    ema_decay: float = Field(0.999, description="mean teacher: exponential moving average decay")
+    consistency_weight: float = Field(2.0, description="weight of the student-teacher consistency loss")
     # Mixup: applied to a batch with probability `mixup_rate`, ratio ~ Beta(alpha, alpha).
-    mixup_rate: float = 0.33
-    mixup_alpha: float = 0.2
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    mixup_rate: float = Field(0.33, description="probability that a batch is mixed up")
+    mixup_alpha: float = Field(0.2, description="mixup ratio ~ Beta(alpha, alpha)")
+    seed: int = Field(0, description="random seed of the run")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     # bf16 autocast and TF32 matmuls: None = on for CUDA, off elsewhere. A run records the resolved values.
-    bf16: bool | None = None
-    tf32: bool | None = None
+    bf16: bool | None = Field(None, description="bf16 autocast; null: on for CUDA, off elsewhere")
+    tf32: bool | None = Field(None, description="TF32 matmuls; null: on for CUDA, off elsewhere")
     # Capture the whole training step in a CUDA graph after a few eager warm-up steps (CUDA only; elsewhere
     # the step runs eagerly, with a warning). The step is the same arithmetic either way.
-    compile: bool = False
-    feature_dtype: str = "float32"  # dtype of the resident features (float16/bfloat16 halves GPU memory)
-    model_dtype: str = "float32"  # parameters and arithmetic (float64 for exactness checks on the CPU)
+    compile: bool = Field(False, description="capture the training step in a CUDA graph (CUDA only)")
+    feature_dtype: str = Field("float32", description="dtype of the resident features (float16/bfloat16 halve GPU "
+                                                      "memory)", json_schema_extra={"enum": list(DTYPES)})
+    model_dtype: str = Field("float32", description="parameters and arithmetic (float64 for exactness checks)",
+                             json_schema_extra={"enum": list(DTYPES)})
     # Standardise each visual embedding per dimension with the store's statistics over the training clips'
     # real frames, as the paper does for log-mel. Not stated for the embeddings in the paper; without it a
     # pretrained (or random) CNN's large shared offsets drown the frame-to-frame differences, and the visual
     # stream learned nothing in short runs (the demo's clip F1 with video equalled that with video ignored).
-    standardise_visual: bool = True
-    log_every: int = 50  # loss terms are summed on the device and read (averaged) every this many steps
-    checkpoint_every: int = 2500
+    standardise_visual: bool = Field(True, description="standardise each visual embedding per dimension with the "
+                                                       "training clips' statistics, as log-mel")
+    log_every: int = Field(50, description="steps between loss log lines (log.jsonl, TensorBoard)")
+    checkpoint_every: int = Field(2500, description="steps between checkpoints")
     # Validation metrics (CBF1, SBF1, EBF1, PSDS1 of student and teacher) every this many steps; 0 = off.
     # The paper's result stays the student after the last step, evaluated by `avsed evaluate`.
-    validate_every: int = 0
-    validation_partitions: list[str] = field(default_factory=lambda: ["validation"])
-    progress: bool = True
+    validate_every: int = Field(0, description="steps between validation metrics of student and teacher; 0: off")
+    validation_partitions: list[str] = Field(default_factory=lambda: ["validation"],
+                                             description="store partitions the validation metrics use")
+    progress: bool = Field(True, description="show a progress bar")
 
     @property
     def total_steps(self) -> int:
@@ -128,7 +182,8 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         if self.model.architecture not in ARCHITECTURES:
-            raise TrainConfigError(f"model.architecture {self.model.architecture!r} not in {ARCHITECTURES}")
+            raise TrainConfigError(f"model.architecture {self.model.architecture!r} not in {ARCHITECTURES}"
+                                   f"{did_you_mean(self.model.architecture, ARCHITECTURES)}")
         if not self.encoders or self.encoders[0] != AUDIO_STREAM:
             raise TrainConfigError(f"encoders must start with {AUDIO_STREAM!r} (audio is always the first encoder), got {self.encoders}")
         if len(set(self.encoders)) != len(self.encoders):
@@ -147,7 +202,8 @@ class TrainConfig:
             raise TrainConfigError("model.cnn filters, kernel and pooling need one entry per block")
         for name in ("feature_dtype", "model_dtype"):
             if getattr(self, name) not in DTYPES:
-                raise TrainConfigError(f"{name} {getattr(self, name)!r} not in {DTYPES}")
+                raise TrainConfigError(f"{name} {getattr(self, name)!r} not in {DTYPES}"
+                                       f"{did_you_mean(getattr(self, name), DTYPES)}")
         if self.model_dtype == "float16":
             raise TrainConfigError("model_dtype float16 is not supported: use bf16: true (autocast) for half precision")
         if not self.mixup_alpha > 0:
@@ -165,7 +221,7 @@ class TrainConfig:
     def resolved(self, device_type: str) -> "TrainConfig":
         """A copy with the automatic settings decided for a device type ("cuda", "cpu"): bf16 and TF32 on for
         CUDA. The run saves this copy, so its config records what it actually did."""
-        out = TrainConfig.from_dict(self.to_dict())
+        out = self.model_copy(deep=True)
         cuda = device_type == "cuda"
         out.bf16 = cuda if self.bf16 is None else bool(self.bf16)
         out.tf32 = cuda if self.tf32 is None else bool(self.tf32)
@@ -187,42 +243,46 @@ class TrainConfig:
 
     # --- YAML -------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump(mode="json")
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        return _build(cls, data or {}).validate()
+    def from_dict(cls, data: dict[str, Any] | None, source: str | None = None) -> "TrainConfig":
+        """A checked config from settings (unknown keys and wrong types are one TrainConfigError line naming
+        `source`, the key and the closest known key)."""
+        try:
+            return validated(cls, data or {}, source or cls.__name__).validate()
+        except TrainConfigError:
+            raise
+        except ConfigError as exc:
+            raise TrainConfigError(str(exc)) from None
 
     @classmethod
-    def load(cls, path: str | Path) -> "TrainConfig":
-        return cls.from_dict(yaml.safe_load(Path(path).read_text()))
+    def load(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> "TrainConfig":
+        """A YAML file's settings (the paper's defaults for the keys it leaves out), `overrides` merged in key by
+        key."""
+        return cls.from_dict(merge(read_yaml_mapping(path), overrides), source=str(path))
 
 
 def merge_settings(base: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
     """`overrides` applied key by key: a nested section ({"model": {"d_model": 32}}) changes only the keys it
     names, so a config file's other settings in that section (e.g. its architecture) stay."""
-    out = dict(base)
-    for key, value in (overrides or {}).items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge_settings(out[key], value)
-        else:
-            out[key] = value
-    return out
+    return merge(base, overrides)
 
 
-def _build(cls, data: dict[str, Any]):
-    known = {f.name: f for f in fields(cls)}
-    unknown = set(data) - set(known)
-    if unknown:
-        hints = [f"{k!r} (did you mean {close[0]!r}?)" if (close := get_close_matches(k, known, n=1)) else repr(k)
-                 for k in sorted(unknown)]
-        raise TrainConfigError(f"{cls.__name__}: unknown keys {', '.join(hints)}; known: {sorted(known)}")
-    kwargs = {}
-    defaults = cls()
-    for name, value in data.items():
-        default = getattr(defaults, name)
-        kwargs[name] = _build(type(default), value) if is_dataclass(default) and isinstance(value, dict) else value
-    return cls(**kwargs)
+def resolve_train_config(config: TrainConfig | dict[str, Any] | None = None, config_file: str | Path | None = None,
+                         sets: dict[str, Any] | None = None,
+                         config_name: str = "config") -> TrainConfig:
+    """The one way a run's config is put together (CLI, flows, deployments): the file (or the paper's defaults),
+    then `config` merged in key by key (a TrainConfig counts only the keys it was given), then `sets`. Errors name
+    the file, `config_name` (what `config` is to the caller: "config", "flags") and "--set"."""
+    if isinstance(config, TrainConfig) and not config_file and not sets:
+        return config.validate()
+    base = read_yaml_mapping(config_file) if config_file else {}
+    if isinstance(config, TrainConfig):  # over a file, only the keys it was given (pydantic records them)
+        config = config.model_dump(mode="json", exclude_unset=True)
+    source = ", ".join(filter(None, [str(config_file) if config_file else None, config_name if config else None,
+                                     "--set" if sets else None])) or None
+    return TrainConfig.from_dict(merge(merge(base, config), sets), source=source)

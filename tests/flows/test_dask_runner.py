@@ -43,3 +43,33 @@ def test_flow_on_a_dask_cluster_matches_the_in_process_run(reference_run, tmp_pa
     for name in ("openl3", "vgg16", "tce"):
         np.testing.assert_allclose(got.read_feature(name).astype(np.float32), want.read_feature(name).astype(np.float32),
                                    rtol=1e-2, atol=1e-3, err_msg=name)
+
+
+def test_one_download_cap_for_the_whole_run_across_dask_shard_tasks(reference_run, tmp_path):
+    """Three shard tasks at once on the cluster, each with its own download session, and download.concurrency 1:
+    the host never sees more than one request at a time (a cluster-wide semaphore, not one cap per task)."""
+    ref_data, ref_cfg, _ = reference_run
+    data = copy_set(ref_data, tmp_path / "data")
+    store = tmp_path / "features.zarr"
+    ids = [p.stem for p in (data / "videos").glob("*.mp4")]
+    # every answer waits: overlapping downloads of different shards would be seen by the host
+    (data / "videos" / "answers.json").write_text(json.dumps({i: [{"delay_seconds": 0.5}] * 6 for i in ids}))
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DO_NOT_TRACK": "1", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+    env.pop("PREFECT_API_URL", None)
+    with LocalCluster(n_workers=1, threads_per_worker=3, processes=True, dashboard_address=None) as cluster, \
+            VideoServer(data / "videos") as videos:
+        cfg = extract_config(data, store, videos.url_template, features=("logmel", "openl3"), shards_in_flight=3,
+                             decode_workers=1)
+        settings = cfg.to_dict()
+        settings["download"]["concurrency"] = 1
+        (tmp_path / "extract.yaml").write_text(yaml.safe_dump(settings))
+        run = subprocess.run([sys.executable, "-m", "avsed.cli", "extract", "--config", str(tmp_path / "extract.yaml"),
+                              "--dask-address", cluster.scheduler_address, "--json"],
+                             env=env, capture_output=True, text=True, timeout=600)
+        requests, most = sum(videos.requests().values()), videos.max_in_flight
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    got, want = FeatureStore.open(store), FeatureStore.open(ref_cfg.store)
+    np.testing.assert_array_equal(got.mask("openl3"), want.mask("openl3"))
+    assert got.present("openl3").sum() >= 3 and requests >= got.present("openl3").sum()
+    assert most == 1

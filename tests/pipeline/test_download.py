@@ -244,8 +244,6 @@ def test_probe_tells_whether_a_cached_clip_still_exists_without_downloading(conf
 
 
 def test_probe_clips_reuses_one_youtubedl_per_thread_and_answers_like_probe_clip(config, tmp_path, monkeypatch):
-    import dataclasses
-
     import yt_dlp
 
     from pipeline.download import probe_clip, probe_clips
@@ -266,7 +264,7 @@ def test_probe_clips_reuses_one_youtubedl_per_thread_and_answers_like_probe_clip
     clips = [_clip(y, 0.0, 10.0) for y in ids] + [("Ynoid.wav", None)]
     expected = [probe_clip(name, seg, config) for name, seg in clips]
     monkeypatch.setattr(yt_dlp, "YoutubeDL", Counting)
-    cfg = dataclasses.replace(config, concurrency=2)
+    cfg = config.model_copy(update={"concurrency": 2})
     got = probe_clips(clips, cfg)
     assert [(r.clip_id, r.status, r.reason) for r in got] == [(r.clip_id, r.status, r.reason) for r in expected]
     assert 1 <= len(made) <= 2 and sorted(map(id, closed)) == sorted(map(id, made))

@@ -210,7 +210,5 @@ def test_config_round_trips_through_json():
     cfg = DownloadConfig(cookies_file="c.txt", proxy="socks5://127.0.0.1:1080", sleep_interval=1.5,
                          extractor_args={"youtube": {"player_client": ["web"]}}, breaker_threshold=5,
                          clip_deadline_seconds=60)
-    import dataclasses
-
-    again = DownloadConfig(**json.loads(json.dumps(dataclasses.asdict(cfg))))
-    assert dataclasses.asdict(again) == dataclasses.asdict(cfg)
+    again = DownloadConfig(**json.loads(json.dumps(cfg.model_dump(mode="json"))))
+    assert again.model_dump() == cfg.model_dump() and again == cfg

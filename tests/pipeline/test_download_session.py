@@ -11,7 +11,6 @@ and `close()` cancelling what has not started.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import threading
@@ -239,7 +238,7 @@ def test_clips_that_need_no_request_and_errors_never_raise(served, tmp_path):
         assert server.requests(GOOD[0]) == 2 and (first.status, absent.status) == ("available", "missing")
     with pytest.raises(ValueError, match="needs out_dir"):
         DownloadSession(_config("http://127.0.0.1:9/{youtube_id}.mp4")).submit(*_clip(GOOD[0]))
-    cfg = dataclasses.replace(_config("http://127.0.0.1:9/{youtube_id}.mp4"))
+    cfg = _config("http://127.0.0.1:9/{youtube_id}.mp4")
     with DownloadSession(cfg, tmp_path / "out2") as session:  # nobody listens: a transient failure, not a raise
         refused = session.submit(*_clip(GOOD[1])).result()
     assert (refused.status, refused.reason) == ("failed", None) and "Connection refused" in refused.message
