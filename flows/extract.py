@@ -35,9 +35,10 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import wait
 
 from flows import quiet_expected_errors, retry_unless_expected
-from flows.download_cap import ClusterDownloadCap
+from flows.download_cap import ClusterDownloadCap, LeasedDownloads
 from pipeline.extract import (AudioJob, ExtractConfig, ExtractionPlan, ExtractionReport, ExtractionRun, VideoJob,
                               finish_extraction, plan_extraction, probe_cached_videos)
+from pipeline.download import DownloadSession
 from pipeline.extract_config import resolve_extract_config
 from pipeline.store import StoreLock
 
@@ -91,8 +92,16 @@ def embed_task(run: ExtractionRun, jobs: list[VideoJob], features: tuple[str, ..
 
 @task(name="re-check", task_run_name="re-check[{n} cached videos]", cache_policy=NO_CACHE, retries=2,
       retry_delay_seconds=10, retry_condition_fn=retry_unless_expected)
-def probe_task(config: ExtractConfig, jobs: list[VideoJob], n: int) -> dict[str, Any]:
-    report = probe_cached_videos(config, jobs)
+def probe_task(config: ExtractConfig, jobs: list[VideoJob], n: int, run: ExtractionRun | None = None,
+               download_cap: ClusterDownloadCap | None = None) -> dict[str, Any]:
+    """Re-checks go through the run's download session (in a process) or take leases of the cluster-wide cap
+    (Dask): with the downloads running beside them, the host never sees more than download.concurrency requests."""
+    if run is not None:
+        report = probe_cached_videos(config, jobs, downloads=run.downloads())
+    else:
+        with DownloadSession(config.download) as session:
+            downloads = LeasedDownloads(session, download_cap.semaphore()) if download_cap is not None else session
+            report = probe_cached_videos(config, jobs, downloads=downloads)
     get_run_logger().info("re-check: %d of %d cached videos have vanished (features kept)",
                           report.newly_missing_cached, n)
     return report.to_dict()
@@ -214,9 +223,9 @@ def _run_locked(cfg: ExtractConfig) -> dict[str, Any]:
     shards = plan.shards()
     progress = _RunProgress(plan, len(shards), "audio and video features")
     t1 = time.perf_counter()
-    probe = probe_task.submit(cfg, plan.probe_jobs, n=len(plan.probe_jobs))
     audio_label, video_label = _label(plan.audio_features), _label(plan.video_features)
     with ExtractionRun(cfg, observer=progress) as run:
+        probe = probe_task.submit(cfg, plan.probe_jobs, n=len(plan.probe_jobs), run=run)
         window: deque = deque()
         for shard, audio_jobs, video_jobs in shards:
             while len(window) >= max(1, cfg.shards_in_flight):
@@ -231,8 +240,8 @@ def _run_locked(cfg: ExtractConfig) -> dict[str, Any]:
             window.append(futures)
         while window:
             _settle(report, window.popleft(), progress)
+        report.add(ExtractionReport.from_dict(probe.result()))  # before the run (and its session) closes
         busy = run.busy_seconds()
-    report.add(ExtractionReport.from_dict(probe.result()))
     t2 = time.perf_counter()
     stats_task(cfg)
     report.stage_seconds = {"plan": t1 - t0, "shards (audio, re-check and video)": t2 - t1,
@@ -290,7 +299,7 @@ def extract_features_on_dask(config: ExtractConfig) -> dict[str, Any]:
                                   manifest_problems=plan.manifest_problems, label_changes=plan.label_changes)
         shards = plan.shards()
         progress = _RunProgress(plan, len(shards), "shards extracted on Dask", clips=False)
-        probe = probe_task.submit(cfg, plan.probe_jobs, n=len(plan.probe_jobs))
+        probe = probe_task.submit(cfg, plan.probe_jobs, n=len(plan.probe_jobs), download_cap=cap)
         label = _label(plan.audio_features + plan.video_features)
         window: deque = deque()
         for shard, audio_jobs, video_jobs in shards:

@@ -242,12 +242,21 @@ class ExtractionRun:
         with self._starting:
             return self._start_stream(features)
 
+    def downloads(self) -> DownloadSession:
+        """The run's one download session: its video stream and its re-checks of cached videos share the cap."""
+        with self._starting:
+            return self._downloads()
+
+    def _downloads(self) -> DownloadSession:
+        if self._session is None:
+            self._session = DownloadSession(self.config.download, self.config.video_path)
+        return self._session
+
     def _start_stream(self, features: Sequence[str]) -> VideoStream:
         if self._stream is None:
-            self._session = DownloadSession(self.config.download, self.config.video_path)
             self._stream = VideoStream(
                 extractors=[get_extractor(self.config, f) for f in features], writer=self.writer, ledger=self.ledger,
-                downloads=self._session, video_dir=self.config.video_path, timing=self.timing,
+                downloads=self._downloads(), video_dir=self.config.video_path, timing=self.timing,
                 frame_size=self.config.frame_size, batch_clips=self.config.batch_clips,
                 max_clips_in_flight=self.config.max_clips_in_flight, decode_workers=self.decode_workers,
                 keep_videos=self.config.download.keep_videos, observer=self.observer)
@@ -298,12 +307,21 @@ def extract_shard(config: ExtractConfig, audio_jobs: Sequence[AudioJob], video_j
 
 # --- re-check and statistics ----------------------------------------------------------------------------------
 
-def probe_cached_videos(config: ExtractConfig, jobs: list[VideoJob], progress: bool = False) -> ExtractionReport:
-    """Re-check that videos whose features are cached still exist; vanished ones are recorded, features kept."""
+def probe_cached_videos(config: ExtractConfig, jobs: list[VideoJob], progress: bool = False,
+                        downloads: DownloadSession | None = None) -> ExtractionReport:
+    """Re-check that videos whose features are cached still exist; vanished ones are recorded, features kept.
+
+    `downloads`: the run's session (`ExtractionRun.downloads()`, or a Dask-leased one), so re-checks and downloads
+    share the run's one cap on requests to the host; without it, a session of its own."""
     report = ExtractionReport()
     if not jobs:
         return report
-    results = probe_clips([(j.clip_id, j.segment) for j in jobs], config.download, progress)
+    if downloads is None:
+        results = probe_clips([(j.clip_id, j.segment) for j in jobs], config.download, progress)
+    else:
+        futures = [downloads.probe(j.clip_id, j.segment) for j in jobs]
+        results = [f.result() for f in tqdm(futures, total=len(futures), desc="re-check videos", unit="clip",
+                                            disable=not progress)]
     records = []
     for r in results:
         if r.status == "missing":
@@ -389,7 +407,7 @@ def _run_extraction(config: ExtractConfig, progress: bool, timing: ClipTiming,
             report.add(run.audio(plan.audio_jobs, plan.audio_features))
             bars.audio.close()
             t2 = time.perf_counter()
-            report.add(probe_cached_videos(config, plan.probe_jobs, progress))
+            report.add(probe_cached_videos(config, plan.probe_jobs, progress, downloads=run.downloads()))
             t3 = time.perf_counter()
             report.add(run.videos(plan.video_jobs, plan.video_features))
             busy = run.busy_seconds()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 import time
 import weakref
@@ -196,3 +197,46 @@ def test_provenance_records_the_frame_size(synth_16, tmp_path):
             "openl3": {"input_size": 32, "batch_size": 16, "dedup_identical_frames": False}}})
         with pytest.raises(ProvenanceMismatch, match="dedup_identical_frames: store has True, now False"):
             plan_extraction(undeduplicated)
+
+
+def test_rechecks_and_downloads_of_one_run_share_its_download_cap(synth_16, tmp_path):
+    """The flow re-checks cached videos while the shards download (a task beside them). Through the run's one
+    session (`ExtractionRun.downloads()`) the host never sees more than download.concurrency requests; a session of
+    the re-checks' own (the positive control) lets it see more."""
+    from pipeline.extract import ExtractionRun, probe_cached_videos
+
+    videos = synth_16 / "videos"
+    ids = sorted(p.stem for p in videos.glob("*.mp4"))
+    answers = tmp_path / "videos"
+    answers.mkdir()
+    for p in videos.glob("*.mp4"):
+        os.link(p, answers / p.name)
+    # the first run caches half of the videos; the other half fail transiently (500) and are downloaded again
+    retried = ids[::2]
+    (answers / "answers.json").write_text(json.dumps({i: [{"status": 500}] for i in retried}))
+    with VideoServer(answers) as server:
+        first = run_extraction(config(synth_16, tmp_path / "f.zarr", server.url_template, decode_workers=1),
+                               progress=False)
+    assert first.videos_downloaded == len(ids) - len(retried)
+    os.remove(answers / "answers.state.json")
+    (answers / "answers.json").write_text(json.dumps({i: [{"delay_seconds": 0.3}] * 4 for i in ids}))
+
+    for suffix in ("", ".ledger.sqlite"):  # the same starting point for the control
+        copy = shutil.copytree if suffix == "" else shutil.copy2
+        copy(tmp_path / f"f.zarr{suffix}", tmp_path / f"control.zarr{suffix}")
+
+    def rerun(store: str, shared: bool) -> tuple[int, int, int]:
+        with VideoServer(answers) as server:
+            cfg = config(synth_16, tmp_path / store, server.url_template, decode_workers=1, recheck_after_days=0)
+            cfg = cfg.model_copy(update={"download": cfg.download.model_copy(update={"concurrency": 1})})
+            plan = plan_extraction(cfg)
+            with ExtractionRun(cfg) as run:
+                probes = threading.Thread(target=probe_cached_videos, args=(cfg, plan.probe_jobs),
+                                          kwargs={"downloads": run.downloads() if shared else None})
+                probes.start()
+                report = run.videos(plan.video_jobs, plan.video_features)
+                probes.join()
+            return len(plan.probe_jobs), report.videos_downloaded, server.max_in_flight
+
+    assert rerun("f.zarr", shared=True) == (len(ids) - len(retried), len(retried), 1)
+    assert rerun("control.zarr", shared=False)[2] == 2
