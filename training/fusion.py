@@ -4,6 +4,10 @@ One encoder per input stream (audio always first; visual embeddings are projecte
 linear layer), every decoder block's cross-attention duplicated per encoder, and the copies' outputs
 interpolated with per-clip weights. A clip whose stream is missing gets weight 0 for that stream and the
 other weights are renormalised to sum to 1, in training and in inference alike.
+
+With `model.gate.mode` clip or frame the weights are learned from the data (training/gate.py): the weights
+the model is given become the gate's prior (their zeros mask missing streams), and the gate's output, per clip
+or per decoder frame, is what the decoder interpolates with.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from torch import nn
 
 from training.cnn import CNNFrontEnd
 from training.config import ModelConfig
+from training.gate import InterpolationGate
 
 
 def resolve_weights(base: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
@@ -39,15 +44,18 @@ def resolve_weights(base: torch.Tensor, available: torch.Tensor) -> torch.Tensor
 
 
 def interpolate(outputs: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
-    """Convex combination of per-encoder outputs (each (B, T, d)) with (B, S) weights.
+    """Convex combination of per-encoder outputs (each (B, T, d)) with (B, S) per-clip or (B, T, S) per-frame
+    weights.
 
     A stream with weight 0 contributes exactly 0 (its output is finite: missing inputs are zeros), so a
     clip without video gives bit-for-bit the output of the same clip with that weight forced to 0.
     """
     w = weights.to(outputs[0].dtype)
-    out = outputs[0] * w[:, 0, None, None]
+    if w.dim() == 2:
+        w = w[:, None, :]
+    out = outputs[0] * w[..., 0, None]
     for s in range(1, len(outputs)):
-        out = out + outputs[s] * w[:, s, None, None]
+        out = out + outputs[s] * w[..., s, None]
     return out
 
 
@@ -81,12 +89,13 @@ class MultiEncoderModel(nn.Module):
                 nn.Parameter(torch.randn(1, config.max_positions, d) * 0.02) for _ in range(self.n_streams))
             self.decoder_positions = nn.Parameter(torch.randn(1, config.max_positions, d) * 0.02)
         self.classifier = nn.Linear(d, config.n_classes)
+        # Built last, so that the rest of a gated model starts from the same parameters as the ungated one.
+        self.gate = InterpolationGate(config.gate, d, self.n_streams) \
+            if config.gate.mode != "none" and self.n_streams > 1 else None
 
-    def forward(self, logmel: torch.Tensor, visual: Sequence[torch.Tensor], visual_valid: Sequence[torch.Tensor],
-                weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """logmel (B, 512, 64) standardised; visual[s] (B, 64, D_s) with zeros where missing;
-        visual_valid[s] (B, 64) bool key masks (all True for clips whose stream is missing: their weight is 0);
-        weights (B, S) resolved interpolation weights. Returns frame logits (B, 64, C), clip logits (B, C)."""
+    def encode(self, logmel: torch.Tensor, visual: Sequence[torch.Tensor], visual_valid: Sequence[torch.Tensor]
+               ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor | None]]:
+        """The CNN's audio features, every encoder's memory and the memories' key masks."""
         audio = self.cnn(logmel)
         streams = [audio] + [proj(v) for proj, v in zip(self.visual_proj, visual)]
         valids: list[torch.Tensor | None] = [None] + list(visual_valid)
@@ -97,6 +106,29 @@ class MultiEncoderModel(nn.Module):
             for block in blocks:
                 x = block(x, valids[s])
             memories.append(self.encoder_norms[s](x))
+        return audio, memories, valids
+
+    def fusion_weights(self, memories: Sequence[torch.Tensor], valids: Sequence[torch.Tensor | None],
+                       weights: torch.Tensor) -> torch.Tensor:
+        """The weights the decoder interpolates with: the given ones, or the gate's with them as its prior."""
+        return weights if self.gate is None else self.gate(memories, valids, weights)
+
+    @torch.no_grad()
+    def interpolation_weights(self, logmel: torch.Tensor, visual: Sequence[torch.Tensor],
+                              visual_valid: Sequence[torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+        """The weights a forward pass with these inputs interpolates with ((B, S), or (B, T + 1, S) per frame),
+        without running the decoder: what evaluation reports of a learned gate."""
+        _, memories, valids = self.encode(logmel, visual, visual_valid)
+        return self.fusion_weights(memories, valids, weights)
+
+    def forward(self, logmel: torch.Tensor, visual: Sequence[torch.Tensor], visual_valid: Sequence[torch.Tensor],
+                weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """logmel (B, 512, 64) standardised; visual[s] (B, 64, D_s) with zeros where missing;
+        visual_valid[s] (B, 64) bool key masks (all True for clips whose stream is missing: their weight is 0);
+        weights (B, S) resolved interpolation weights (a gated model's prior). Returns frame logits (B, 64, C),
+        clip logits (B, C)."""
+        audio, memories, valids = self.encode(logmel, visual, visual_valid)
+        weights = self.fusion_weights(memories, valids, weights)
         y = torch.cat([audio, self.cls_token.expand(audio.shape[0], -1, -1).to(audio.dtype)], dim=1)
         if self.absolute_positions:
             y = y + self.decoder_positions[:, : y.shape[1]]
