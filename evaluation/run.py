@@ -5,6 +5,12 @@ Outputs in the run's `evaluation/` folder: `result.json` (everything, for `avsed
 set's detections as DESED_task TSVs, sed_scores_eval score tables, ground truth and durations: evaluation/export.py).
 The student is scored by default (the paper: "student models after the last training epoch"); `use_teacher`
 scores the mean teacher, recorded in `info["teacher"]` and in the model name so reports keep them apart.
+
+A model with learned interpolation weights (training/gate.py) chooses its weights per clip, so no inference audio
+weight is tuned for it; its weights on every validation and eval clip are written to `learned_weights.csv` and
+plotted by what the video shows (`learned_weights.png`, evaluation/gate.py; give the synthetic set's
+truth/videos.tsv as `video_truth` to tell still images and black screens apart), and their mean per video kind
+on eval goes into `info["learned_weights"]`.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import numpy as np
 
 from evaluation.evaluate import METRICS, EvaluationConfig, EvaluationResult, evaluate, score, tune
 from evaluation.export import export_predictions
+from evaluation.gate import kind_summary, learned_weights, write_gate_outputs
 from evaluation.plots import plot_example_clip, plot_per_class, plot_psd_roc
 from evaluation.predictions import Predictions
 from pipeline.labels import LabelEncoder
@@ -36,7 +43,15 @@ def model_name(config: TrainConfig, teacher: bool = False) -> str:
         return f"{config.model.architecture} {streams}{suffix}"
     w = config.interpolation_weights
     weights = "random" if w == "random" else ("equal" if w is None else "/".join(f"{x:g}" for x in w))
+    if is_learned(config):
+        per = " per-frame" if config.model.gate.mode == "frame" else ""
+        weights = f"learned{per}" + ("" if w is None else f", {weights} prior")
     return f"{config.model.architecture} {streams} ({weights} weights){suffix}"
+
+
+def is_learned(config: TrainConfig) -> bool:
+    """The model learns its interpolation weights (a gate over several streams)."""
+    return len(config.encoders) > 1 and config.model.gate.mode != "none"
 
 
 def to_evaluation(p) -> Predictions:
@@ -76,15 +91,20 @@ def evaluate_checkpoint(checkpoint: str | Path, store: str | Path, out_dir: str 
                         audio_weight: float | None = None, split_by_availability: bool = False,
                         audio_weight_grid: Sequence[float] | None = None, config: EvaluationConfig = EvaluationConfig(),
                         validation_partition: str = "validation", test_partition: str = "eval",
-                        device: str = "auto", example_clips: int = 2, use_teacher: bool = False) -> RunEvaluation:
-    """Predict, tune on validation, score the test partition; write everything to `out_dir` when given."""
+                        device: str = "auto", example_clips: int = 2, use_teacher: bool = False,
+                        video_truth: str | Path | None = None) -> RunEvaluation:
+    """Predict, tune on validation, score the test partition; write everything to `out_dir` when given.
+    `video_truth`: a truth/videos.tsv saying what each clip's video shows, for a learned gate's weights."""
     ckpt = load_checkpoint(checkpoint)
     train_config = TrainConfig.from_dict(ckpt["config"])
     info = {"model": model_name(train_config, use_teacher), "seed": train_config.seed, "checkpoint": str(checkpoint),
             "step": int(ckpt.get("step", -1)), "encoders": list(train_config.encoders), "teacher": bool(use_teacher),
             "architecture": train_config.model.architecture}
     multi = len(train_config.encoders) > 1
-    if audio_weight is None and audio_weight_grid and multi:
+    learned = is_learned(train_config)
+    if learned:
+        info["interpolation_weights"] = f"learned per {train_config.model.gate.mode}"
+    if audio_weight is None and audio_weight_grid and multi and not learned:
         audio_weight, grid_scores = choose_audio_weight(checkpoint, store, audio_weight_grid, config, device,
                                                         use_teacher, validation_partition)
         info["audio_weight_validation_ebf1"] = grid_scores
@@ -101,9 +121,17 @@ def evaluate_checkpoint(checkpoint: str | Path, store: str | Path, out_dir: str 
         audio_only = run(test_partition, 1.0)
     result = evaluate(val, test, config, split_by_availability=split_by_availability, audio_only_test=audio_only,
                       info=info)
+    gate = None
+    if learned:
+        gate = learned_weights(checkpoint, store, [validation_partition, test_partition], video_truth, device,
+                               use_teacher)
+        result.info["learned_weights"] = kind_summary(gate, test_partition)
     out = None
     if out_dir is not None:
         out = write_outputs(result, test, store, Path(out_dir), example_clips)
+        if gate is not None:
+            write_gate_outputs(gate, out, f"{info['model']} (seed {info['seed']}): visual weight per {test_partition} "
+                                          f"clip")
     return RunEvaluation(result, out, test)
 
 

@@ -6,6 +6,7 @@
     OUT/audio/<partition dirs>/*.wav   44.1 kHz 16-bit mono clips
     OUT/videos/<youtube_id>.mp4        the videos that are "still on YouTube" (served by the loopback server)
     OUT/truth/videos.tsv               clip_id, youtube_id, kind (content|still|black|absent|corrupt), duration, start, end
+                                       (what each clip's video shows: `read_video_truth`, for judging a learned gate)
     OUT/truth/events.tsv               every event of every clip, including unlabelled ones, and whether it is audible
     OUT/truth/failures.tsv             with `failure_cases`: each failure clip's case and expected outcomes
     OUT/videos/answers.json, removed.txt   with `failure_cases`: the loopback host's script (pipeline.serve)
@@ -32,6 +33,7 @@ import os
 import string
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -580,11 +582,13 @@ def _metadata_rows(spec: PartitionSpec, plans: list[ClipPlan]) -> list[list]:
 
 
 def make_synthetic_dataset(out_dir: str | Path, config: SynthConfig = SynthConfig(),
-                           progress: bool = True) -> SynthSummary:
+                           progress: bool = True, workers: int = 1) -> SynthSummary:
     """Write the synthetic DESED-shaped data set under out_dir (see the module docstring). Deterministic in the seed.
 
     Videos in OUT/videos that this configuration does not serve (left from an earlier run) are removed,
-    because the folder's content is what the loopback server reports as available.
+    because the folder's content is what the loopback server reports as available. `workers` threads make clips
+    at once (each clip draws from its own seeded stream and writes its own files, so the set is the same for any
+    number; the FFTs and the ffmpeg encoders run outside the GIL).
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
@@ -595,8 +599,9 @@ def make_synthetic_dataset(out_dir: str | Path, config: SynthConfig = SynthConfi
     import imageio_ffmpeg
 
     ffmpeg = imageio_ffmpeg.get_ffmpeg_exe()
-    video_seconds = 0.0
-    for plan in tqdm(plans, desc="synth clips", unit="clip", disable=not progress):
+
+    def make_clip(plan: ClipPlan) -> float:
+        """Write the clip's audio and video; returns the seconds spent on its video."""
         wav = audio_dir / plan.partition.audio / plan.clip_id
         wav.parent.mkdir(parents=True, exist_ok=True)
         _write_audio(plan, config, wav)
@@ -606,7 +611,16 @@ def make_synthetic_dataset(out_dir: str | Path, config: SynthConfig = SynthConfi
         elif plan.video_kind != "absent":
             tv = time.perf_counter()
             encode_video(render_video_frames(plan, config), config.video_fps, video_dir / f"{plan.youtube_id}.mp4", ffmpeg)
-            video_seconds += time.perf_counter() - tv
+            return time.perf_counter() - tv
+        return 0.0
+
+    bar = tqdm(total=len(plans), desc="synth clips", unit="clip", disable=not progress)
+    with ThreadPoolExecutor(max(1, int(workers))) as pool:
+        video_seconds = 0.0
+        for seconds in pool.map(make_clip, plans):  # in order; at most `workers` clips are being made at once
+            video_seconds += seconds
+            bar.update(1)
+    bar.close()
     served = {f"{p.youtube_id}.mp4" for p in plans if p.video_kind != "absent"}
     for stale in video_dir.glob("*.mp4"):
         if stale.name not in served:
@@ -642,6 +656,31 @@ def make_synthetic_dataset(out_dir: str | Path, config: SynthConfig = SynthConfi
         n_events=sum(len(p.events) for p in plans), n_quiet_events=sum(sum(p.quiet) for p in plans),
         seconds=time.perf_counter() - t0, seconds_video=video_seconds,
     )
+
+
+class VideoTruthError(AvsedError, ValueError):
+    """A video truth file that cannot be read (the message names the file and what to do)."""
+
+
+def read_video_truth(path: str | Path) -> dict[str, str]:
+    """clip_id -> what its video shows (content, still, black, absent, corrupt) from a set's truth/videos.tsv.
+
+    Clips that the file does not list (audio-only soundscapes) have no video. Evaluation reads this to judge what
+    a learned gate does with black screens and still images (evaluation/gate.py)."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+    except FileNotFoundError:
+        raise VideoTruthError(f"{path}: no video truth file; give the truth/videos.tsv that `avsed synth` wrote "
+                              f"beside the data set's metadata") from None
+    if rows and not {"clip_id", "kind"} <= set(rows[0]):
+        raise VideoTruthError(f"{path}: not a video truth file (needs the columns clip_id and kind, has "
+                              f"{sorted(rows[0])}); give the truth/videos.tsv that `avsed synth` wrote")
+    bad = sorted({r["kind"] for r in rows} - set(VIDEO_KINDS))
+    if bad:
+        raise VideoTruthError(f"{path}: unknown video kinds {bad} (known: {', '.join(VIDEO_KINDS)})")
+    return {r["clip_id"]: r["kind"] for r in rows}
 
 
 def _write_audio(plan: ClipPlan, config: SynthConfig, wav: Path) -> None:
