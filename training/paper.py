@@ -4,8 +4,9 @@
 uni-encoder baseline and a bi-encoder per visual embedding with fixed interpolation weights (Table 5), the
 bi-encoders with random training weights (Table 6) and the OpenL3 + TCE tri-encoders with both schemes
 (Table 8); Table 7 re-reads Table 5's runs split by video availability. A model's training interpolation
-weights come from a scheme in `WEIGHT_SCHEMES` (a registry, so a later scheme such as learned weights is one
-new entry and one new row, not new loops).
+weights come from a scheme in `WEIGHT_SCHEMES` (a registry). Beyond the paper, each bi- and tri-encoder also gets
+learned, data-dependent weights (schemes `learned` and, when asked for, `learned_frame`: training/gate.py), tabulated
+beside its fixed and random weights (training/paper_learned.py).
 
 `run_paper(...)` trains each model's seeds together (training.train.train_group), evaluates every run as the
 paper does (evaluation.run.evaluate_checkpoint: post-processing tuned on validation; the inference audio weight
@@ -53,16 +54,29 @@ def _random(config: TrainConfig, entry: "GridEntry"):
     return "random"
 
 
-# Training interpolation-weight schemes: name -> the config's `interpolation_weights` for an entry.
-WEIGHT_SCHEMES: dict[str, Callable[[TrainConfig, "GridEntry"], object]] = {
-    "none": _none, "fixed": _fixed, "random": _random}
+@dataclass(frozen=True)
+class WeightScheme:
+    """How a grid model gets its interpolation weights: the config's `interpolation_weights` for an entry, and
+    the model's gate (training/gate.py; "none": the weights as given)."""
+
+    weights: Callable[[TrainConfig, "GridEntry"], object]
+    gate: str = "none"
+
+
+# Training interpolation-weight schemes by name. A learned scheme trains with equal weights as the gate's prior
+# (they only mask the missing streams): the gate chooses.
+WEIGHT_SCHEMES: dict[str, WeightScheme] = {
+    "none": WeightScheme(_none), "fixed": WeightScheme(_fixed), "random": WeightScheme(_random),
+    "learned": WeightScheme(_none, gate="clip"), "learned_frame": WeightScheme(_none, gate="frame")}
+LEARNED_SCHEMES = {"clip": "learned", "frame": "learned_frame"}  # gate mode -> scheme
+LEARNED_TABLE = "L"  # beyond the paper: learned weights beside fixed and random (training/paper_learned.py)
 
 
 @dataclass(frozen=True)
 class GridEntry:
     """One trained model of the paper's tables (all its seeds)."""
 
-    table: str  # "5", "6" or "8" (Table 7 re-reads Table 5's runs)
+    table: str  # "5", "6" or "8" (Table 7 re-reads Table 5's runs); LEARNED_TABLE for learned weights
     architecture: str
     encoders: tuple[str, ...]
     scheme: str  # a WEIGHT_SCHEMES name
@@ -86,29 +100,41 @@ class GridEntry:
         return "-".join(parts)
 
     def config(self, base: TrainConfig) -> TrainConfig:
-        settings = merge_settings(base.to_dict(), {"model": {"architecture": self.architecture},
+        scheme = WEIGHT_SCHEMES[self.scheme]
+        # The gate's other settings (width, temperature, audio floor) come from the base config.
+        settings = merge_settings(base.to_dict(), {"model": {"architecture": self.architecture,
+                                                             "gate": {"mode": scheme.gate}},
                                                    "encoders": list(self.encoders), "inference_weights": None})
         config = TrainConfig.from_dict(settings)
-        config.interpolation_weights = WEIGHT_SCHEMES[self.scheme](config, self)
+        config.interpolation_weights = scheme.weights(config, self)
         return config.validate()
 
 
 def paper_grid(architectures: Sequence[str] = ("transformer", "conformer"), features: Sequence[str] = VISUAL_FEATURES,
-               train_audio_weights: Sequence[float] = (0.75,)) -> list[GridEntry]:
+               train_audio_weights: Sequence[float] = (0.75,), learned_modes: Sequence[str] = ("clip",)
+               ) -> list[GridEntry]:
     """Every model of Tables 5, 6 and 8 for these architectures and visual features. Fixed-weight models get
     one entry per training audio weight (the paper tried 0.25 / 0.5 / 0.75 / 0.875 and kept the best on
-    validation EBF1; the tables then show the best)."""
+    validation EBF1; the tables then show the best). Beyond the paper, every bi- and tri-encoder also gets one
+    entry per gate mode in `learned_modes` (clip, frame; empty: none) with learned weights."""
+    unknown = [m for m in learned_modes if m not in LEARNED_SCHEMES]
+    if unknown:
+        raise TrainConfigError(f"learned weights per {unknown}? the gate modes are {sorted(LEARNED_SCHEMES)}")
     entries: list[GridEntry] = []
     visual = [f for f in VISUAL_FEATURES if f in features]
+    learned = [LEARNED_SCHEMES[m] for m in learned_modes]
     for arch in architectures:
         entries.append(GridEntry("5", arch, (AUDIO_STREAM,), "none"))
         for f in visual:
             entries += [GridEntry("5", arch, (AUDIO_STREAM, f), "fixed", w) for w in train_audio_weights]
         for f in visual:
             entries.append(GridEntry("6", arch, (AUDIO_STREAM, f), "random"))
-        if all(f in features for f in TRI_ENCODER):
+        tri = all(f in features for f in TRI_ENCODER)
+        if tri:
             entries += [GridEntry("8", arch, (AUDIO_STREAM, *TRI_ENCODER), "fixed", w) for w in train_audio_weights]
             entries.append(GridEntry("8", arch, (AUDIO_STREAM, *TRI_ENCODER), "random"))
+        for encoders in [(AUDIO_STREAM, f) for f in visual] + [(AUDIO_STREAM, *TRI_ENCODER)] * tri:
+            entries += [GridEntry(LEARNED_TABLE, arch, encoders, scheme) for scheme in learned]
     return entries
 
 
@@ -177,7 +203,8 @@ def as_base_config(base: TrainConfig | dict | None) -> TrainConfig:
 
 
 def plan_paper(store: str | Path, architectures: Sequence[str], train_audio_weights: Sequence[float],
-               features: Sequence[str] | None = None) -> tuple[list[GridEntry], list[str]]:
+               features: Sequence[str] | None = None, learned_modes: Sequence[str] = ("clip",)
+               ) -> tuple[list[GridEntry], list[str]]:
     """The grid entries the store's features allow, and the wanted visual features it lacks."""
     have = set(FeatureStore.open(store).feature_names())
     wanted = list(features) if features is not None else list(VISUAL_FEATURES)
@@ -185,20 +212,22 @@ def plan_paper(store: str | Path, architectures: Sequence[str], train_audio_weig
     if unknown:
         raise TrainConfigError(f"unknown visual features {unknown}; the paper's are {list(VISUAL_FEATURES)}")
     missing = [f for f in wanted if f not in have]
-    return paper_grid(architectures, [f for f in wanted if f in have], train_audio_weights), missing
+    return paper_grid(architectures, [f for f in wanted if f in have], train_audio_weights, learned_modes), missing
 
 
 def run_paper(store: str | Path, out_dir: str | Path, seeds: Sequence[int] = tuple(range(20)),
               architectures: Sequence[str] = ("transformer", "conformer"), base: TrainConfig | dict | None = None,
               train_audio_weights: Sequence[float] = (0.75,), features: Sequence[str] | None = None,
               plots: bool = True, device: str = "auto", inference_audio_weights: Sequence[float] = PAPER_AUDIO_WEIGHTS,
-              log: Callable[[str], None] = print) -> PaperRun:
-    """Train and evaluate the grid with the store's features, then write the tables into `out_dir`."""
+              log: Callable[[str], None] = print, learned_modes: Sequence[str] = ("clip",)) -> PaperRun:
+    """Train and evaluate the grid with the store's features, then write the tables into `out_dir` (with the
+    learned weights' table after the paper's)."""
+    from training.paper_learned import write_learned_tables
     from training.paper_tables import write_tables
 
     out_dir = Path(out_dir)
     base = as_base_config(base)
-    entries, missing = plan_paper(store, architectures, train_audio_weights, features)
+    entries, missing = plan_paper(store, architectures, train_audio_weights, features, learned_modes)
     paper = PaperRun(out_dir, entries, missing)
     if missing:
         log(f"paper: the store has no {', '.join(missing)}: their rows are left out of the tables")
@@ -212,6 +241,7 @@ def run_paper(store: str | Path, out_dir: str | Path, seeds: Sequence[int] = tup
         log(f"paper: [{n}/{len(entries)}] {entry.key}: {len(seeds)} seeds, trained {trained}, "
             f"evaluated {sum(1 for r in records if r.result is not None)}")
     paper.tables = write_tables(paper, out_dir)
+    paper.tables.update(write_learned_tables(paper, out_dir))
     return paper
 
 

@@ -15,6 +15,7 @@ import torch
 
 from evaluation.evaluate import METRICS, EvaluationResult
 from training.checkpoint import CHECKPOINT
+from training.config import GateConfig, TrainConfigError
 from training.paper import paper_grid
 
 from .conftest import small_config
@@ -43,6 +44,23 @@ def test_grid_is_the_papers_tables():
     assert tri.encoders == ["logmel", "openl3", "tce"] and tri.interpolation_weights == [0.75, 0.125, 0.125]
     assert [e for e in grid if e.table == "6"][0].config(small_config()).interpolation_weights == "random"
     assert len({e.key for e in grid}) == len(grid)  # every model has its own directory
+    # Beyond the paper: learned weights for every bi- and tri-encoder (per clip by default), equal weights as the
+    # gate's prior; the fixed and random models keep the base config's gate off.
+    learned = [e for e in grid if e.table == "L"]
+    assert [(e.label, e.scheme) for e in learned] == [("VGG16", "learned"), ("OpenL3", "learned"), ("TCE", "learned"),
+                                                      ("OpenL3 + TCE", "learned")]
+    gated_base = small_config(model=small_config().model.model_copy(update={"gate": GateConfig(mode="frame")}))
+    config = learned[1].config(gated_base)
+    assert (config.model.gate.mode, config.interpolation_weights, config.encoders) == ("clip", None,
+                                                                                       ["logmel", "openl3"])
+    assert tri.model.gate.mode == "none" and [e for e in grid if e.table == "6"][0].config(gated_base).model.gate.mode \
+        == "none"
+    both = paper_grid(["conformer"], ["openl3"], learned_modes=("clip", "frame"))
+    assert [e.key for e in both if e.table == "L"] == ["conformer-logmel_openl3-learned",
+                                                      "conformer-logmel_openl3-learned_frame"]
+    assert not [e for e in paper_grid(["conformer"], ["openl3"], learned_modes=()) if e.table == "L"]
+    with pytest.raises(TrainConfigError, match="gate modes"):
+        paper_grid(["conformer"], ["openl3"], learned_modes=("video",))
 
 
 def test_paper_command_writes_every_table_and_a_rerun_trains_nothing(tmp_path, synthetic_store, capsys):
@@ -57,7 +75,8 @@ def test_paper_command_writes_every_table_and_a_rerun_trains_nothing(tmp_path, s
             str(tmp_path / "toy.yaml"), "--architectures", "conformer", "--inference-audio-weights", "0.5,0.75",
             "--no-plots"]
     assert main(argv + ["--engine", "plain"]) == 0
-    assert "trained 14 runs, evaluated 14 runs (7 models x 2 seeds)" in capsys.readouterr().out
+    # the paper's 7 models and, beyond it, learned weights for the OpenL3 and TCE bi-encoders and the tri-encoder
+    assert "trained 20 runs, evaluated 20 runs (10 models x 2 seeds)" in capsys.readouterr().out
 
     table5 = _rows(out / "table5.csv")
     assert list(table5[0])[:len(METRIC_HEADER)] == METRIC_HEADER
@@ -94,18 +113,37 @@ def test_paper_command_writes_every_table_and_a_rerun_trains_nothing(tmp_path, s
     assert set(result.info["audio_weight_validation_ebf1"]) == {"0.5", "0.75"}
     assert set(result.sets) == {"all", "with_video", "without_video", "with_video_audio_only"}
     assert torch.load(run / CHECKPOINT, weights_only=False)["config"]["model"]["architecture"] == "conformer"
+    # Learned weights beside fixed and random ones: their own table after the paper's.
+    tableL = _rows(out / "tableL.csv")
+    assert [(r["model"], r["training weights"]) for r in tableL] == [
+        (model, weights) for model, fixed in (("OpenL3", "0.75/0.25"), ("TCE", "0.75/0.25"),
+                                              ("OpenL3 + TCE", "0.75/0.125/0.125"))
+        for weights in (fixed, "random", "learned per clip")]
+    assert {r["seeds"] for r in tableL} == {"2"} and all(0 <= float(r["psds2_mean"]) <= 100 for r in tableL)
+    assert [r["cbf1_mean"] for r in tableL if r["model"] == "OpenL3"][:2] == [
+        next(r["cbf1_mean"] for r in table5 if r["model"] == "OpenL3"),
+        next(r["cbf1_mean"] for r in table6 if r["model"] == "OpenL3")]  # the paper tables' very rows
+    split = _rows(out / "tableL_split.csv")
+    learned_split = {r["eval subset"]: r for r in split if r["model"] == "OpenL3" and r["training weights"] ==
+                     "learned per clip"}
+    assert float(learned_split["without video"]["visual weight"]) == 0.0
+    assert 0.0 < float(learned_split["with video"]["visual weight"]) <= 0.75  # the audio floor 0.25
+    assert "## Beyond the paper: learned interpolation weights" in markdown and (out / "tableL.png").stat().st_size
+    learned = EvaluationResult.load(out / "runs" / "conformer-logmel_openl3-learned" / "seed0" / "evaluation" /
+                                    "result.json")
+    assert learned.info["audio_weight"] is None and set(learned.info["learned_weights"]) == {"video", "absent"}
 
     # The rerun, through the Prefect flow in a fresh process: nothing is trained or evaluated again.
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/seed*/*.pt")}
     results = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/seed*/evaluation/result.json")}
-    assert len(stamps) == len(results) == 14
+    assert len(stamps) == len(results) == 20
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / "prefect-home"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": "1"}
     env.pop("PREFECT_API_URL", None)
     rerun = subprocess.run([sys.executable, "-m", "avsed.cli", *argv, "--engine", "prefect"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    assert "trained 0 runs, evaluated 0 runs (7 models x 2 seeds)" in rerun.stdout
+    assert "trained 0 runs, evaluated 0 runs (10 models x 2 seeds)" in rerun.stdout
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert {p: p.stat().st_mtime_ns for p in results} == results
     assert _rows(out / "table5.csv") == table5
