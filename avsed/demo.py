@@ -7,10 +7,13 @@
 2. The videos are served on 127.0.0.1 and the Prefect flow `extract-features` downloads them with yt-dlp,
    records the missing ones and writes log-mel and OpenL3 (random weights: no weights can be downloaded
    here; the store records `weights: random`) into the Zarr store.
-3. Three models are trained on the cached store: audio-only, bi-encoder with fixed interpolation weights,
-   bi-encoder with random interpolation weights during training (side by side where there are cores).
+3. Four models are trained on the cached store, side by side: audio-only, bi-encoder with fixed interpolation
+   weights, bi-encoder with random interpolation weights during training, and (beyond the paper) a bi-encoder
+   whose gate learns the weights per clip from what the encoders see (training/gate.py).
 4. Each is evaluated (tuned on validation, five metrics on eval), split by video availability (Table 7),
-   with the paper's claim printed as differences to the audio-only model.
+   with the paper's claim printed as differences to the audio-only model; the learned bi-encoder's visual
+   weight per eval clip is printed and plotted by what the video shows (content, still image, black screen,
+   absent: the synthetic set's truth/videos.tsv).
 5. A few more served videos are deleted and the extraction rerun: only the re-check happens, the newly
    missing videos are recorded, the cached features are kept.
 
@@ -27,16 +30,20 @@ import dataclasses
 import json
 import os
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+LEARNED = "learned"  # DEMO_MODELS' weights for a model whose gate learns them (model.gate.mode clip)
 DEMO_MODELS = {
     # name: (encoders, interpolation weights during training)
     "audio-only": (["logmel"], None),
     # 0.75 / 0.25: one of the paper's grid values, biased towards the more salient audio as the paper advises
     "bi-encoder (fixed weights)": (["logmel", "openl3"], [0.75, 0.25]),
     "bi-encoder (random weights)": (["logmel", "openl3"], "random"),
+    # beyond the paper: a gate chooses the weights per clip (equal weights are its prior: they mask missing video)
+    "bi-encoder (learned weights)": (["logmel", "openl3"], LEARNED),
 }
 
 
@@ -69,13 +76,15 @@ class DemoConfig:
 
 
 def demo_train_config(encoders: list[str], weights, cfg: DemoConfig, seed: int):
-    from training.config import CNNConfig, ModelConfig, TrainConfig
+    from training.config import CNNConfig, GateConfig, ModelConfig, TrainConfig
 
     # The paper's structure (7 CNN blocks, 3 + 3 attention blocks, 3 heads) at a width a 2-core CPU trains in
     # a few minutes; no dropout (a quarter of a CPU step is drawing its masks, and a run of a few hundred
     # steps does not overfit) and a faster teacher suit a short run.
     model = ModelConfig(architecture=cfg.architecture, d_model=32, heads=3, d_head=16, ff_dim=64, dropout=0.0,
-                        cnn=CNNConfig(filters=[4, 8, 16, 32, 32, 32, 32], dropout=0.0))
+                        cnn=CNNConfig(filters=[4, 8, 16, 32, 32, 32, 32], dropout=0.0),
+                        gate=GateConfig(mode="clip" if weights == LEARNED else "none"))
+    weights = None if weights == LEARNED else weights
     strong, weak, unlabelled = cfg.batch
     return TrainConfig(model=model, encoders=list(encoders), interpolation_weights=weights,
                        batch_strong=strong, batch_weak=weak, batch_unlabelled=unlabelled, epochs=1,
@@ -85,11 +94,30 @@ def demo_train_config(encoders: list[str], weights, cfg: DemoConfig, seed: int):
                        progress=True).validate()
 
 
+def demo_extract_config(data: Path, store: Path, url_template: str, cfg: DemoConfig):
+    """The demo's extraction: log-mel and OpenL3 (random weights) at the synthetic videos' size."""
+    from pipeline.download import DownloadConfig
+    from pipeline.extract import ExtractConfig
+
+    return ExtractConfig(
+        metadata=str(data / "metadata"), audio_dir=str(data / "audio"), store=str(store),
+        features=("logmel", "openl3"), allow_random_weights=True, frame_size=cfg.image_size,
+        extractor_configs={"openl3": {"input_size": cfg.image_size}},
+        download=DownloadConfig(url_template=url_template, concurrency=4), batch_clips=16)
+
+
+def demo_synth_config(cfg: DemoConfig):
+    from pipeline.synth import SynthConfig
+
+    return SynthConfig(clips=cfg.clips, seed=cfg.seed, missing_fraction=cfg.missing_fraction,
+                       partition_fractions=cfg.partition_fractions, strong_video_fraction=cfg.strong_video_fraction)
+
+
 def _extract(extract_cfg, use_prefect: bool) -> dict:
     if use_prefect:
         from flows.extract import extract_features
 
-        return extract_features(config=extract_cfg.to_dict())
+        return extract_features(config=extract_cfg)
     from pipeline.extract import run_extraction
 
     return run_extraction(extract_cfg).to_dict()
@@ -108,11 +136,9 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, config: Demo
     from evaluation.plots import plot_psd_roc
     from evaluation.report import write_report
     from evaluation.run import PAPER_AUDIO_WEIGHTS, evaluate_checkpoint, metrics_markdown
-    from pipeline.download import DownloadConfig
-    from pipeline.extract import ExtractConfig
     from pipeline.serve import VideoServerProcess
     from pipeline.status import format_status, store_status
-    from pipeline.synth import SynthConfig, make_synthetic_dataset
+    from pipeline.synth import make_synthetic_dataset
 
     cpus = os.cpu_count() or 1
     torch.set_num_threads(cpus)
@@ -128,9 +154,7 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, config: Demo
     # 1. data
     t0 = time.perf_counter()
     data = out / "data"
-    make_synthetic_dataset(data, SynthConfig(clips=cfg.clips, seed=cfg.seed, missing_fraction=cfg.missing_fraction,
-                                             partition_fractions=cfg.partition_fractions,
-                                             strong_video_fraction=cfg.strong_video_fraction))
+    make_synthetic_dataset(data, demo_synth_config(cfg), workers=cpus)
     stage("synthetic data", t0)
 
     # 2. extraction through Prefect, videos served on loopback
@@ -139,11 +163,7 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, config: Demo
     server = VideoServerProcess(data / "videos")
     server.start()
     try:
-        extract_cfg = ExtractConfig(
-            metadata=str(data / "metadata"), audio_dir=str(data / "audio"), store=str(store),
-            features=("logmel", "openl3"), allow_random_weights=True, frame_size=cfg.image_size,
-            extractor_configs={"openl3": {"input_size": cfg.image_size}},
-            download=DownloadConfig(url_template=server.url_template, concurrency=4), batch_clips=16)
+        extract_cfg = demo_extract_config(data, store, server.url_template, cfg)
         t0 = time.perf_counter()
         first = _extract(extract_cfg, cfg.use_prefect)
         stage("extract-features", t0)
@@ -168,10 +188,11 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, config: Demo
         results = {}
         for name, run_dir in checkpoints.items():
             t0 = time.perf_counter()
-            # the paper tunes the inference weights on validation for every bi-encoder (fixed or random in training)
+            # the paper tunes the inference weights on validation for every bi-encoder (fixed or random in training;
+            # a learned one chooses its own per clip)
             grid = PAPER_AUDIO_WEIGHTS if len(DEMO_MODELS[name][0]) > 1 else None
             ev = evaluate_checkpoint(run_dir, store, run_dir / "evaluation", split_by_availability=True,
-                                     audio_weight_grid=grid, device="cpu")
+                                     audio_weight_grid=grid, device="cpu", video_truth=data / "truth" / "videos.tsv")
             ev.result.info["model"] = name
             ev.result.save(run_dir / "evaluation" / "result.json")
             results[name] = ev.result
@@ -182,14 +203,18 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, config: Demo
         plot_split(results, report / "split_by_video.png")
         (report / "split_by_video.md").write_text(
             f"# Split by video availability (eval partition), values in %\n\n{split_markdown(results)}\n\n"
-            f"# Bi-encoder minus audio-only, points\n\n{claim_markdown(results)}\n")
+            f"# Bi-encoder minus audio-only, points\n\n{claim_markdown(results)}\n\n"
+            f"# Learned visual weight by what the video shows (eval partition)\n\n{learned_markdown(results)}\n")
+        for name in results:
+            if "learned_weights" in results[name].info:
+                shutil.copyfile(checkpoints[name] / "evaluation" / "learned_weights.png", report / "learned_weights.png")
 
         # 5. videos vanish; the rerun records them and keeps the features
         t0 = time.perf_counter()
         vanished = vanish_videos(store, data / "videos", cfg.vanish, cfg.seed)
         # Months later, in real use: cached videos are re-checked once they were last checked 30 days ago. The demo's
         # rerun comes minutes later, so it asks for the re-check now.
-        second = _extract(dataclasses.replace(extract_cfg, recheck_after_days=0), cfg.use_prefect)
+        second = _extract(extract_cfg.model_copy(update={"recheck_after_days": 0}), cfg.use_prefect)
         stage("incremental rerun", t0)
         after = store_status(store)
     finally:
@@ -205,6 +230,7 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, config: Demo
             "videos_downloaded": second["videos_downloaded"], "newly_missing_cached": second["newly_missing_cached"],
             "videos_after": after["videos"]},
         "results": {name: {s: r.sets[s].metrics for s in r.sets} for name, r in results.items()},
+        "learned_weights": {name: r.info["learned_weights"] for name, r in results.items() if "learned_weights" in r.info},
     }
     (out / "summary.json").write_text(json.dumps(summary_json, indent=2, default=float))
     print()
@@ -213,6 +239,8 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, config: Demo
     print(split_markdown(results))
     print(f"\nthe paper's claim, bi-encoder minus audio-only in points (better with video, about equal without):")
     print(claim_markdown(results))
+    print(f"\nthe learned bi-encoder's visual weight (1 - audio weight) by what the eval clip's video shows:")
+    print(learned_markdown(results))
     print(f"\nincremental rerun after deleting {len(vanished)} served videos: {second['new_clips']} new clips, "
           f"audio computed {second['audio_computed'] or 0}, video features computed {second['video_computed'] or 0}, "
           f"videos downloaded {second['videos_downloaded']}, newly missing (features kept) "
@@ -223,17 +251,17 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, config: Demo
 
 
 def training_waves(names: list[str], cpus: int) -> list[list[str]]:
-    """Which demo models train at the same time. A CPU step of these small models is mostly short kernels
-    that two threads barely share (measured here: 0.31 s per bi-encoder step with 2 threads, 0.50 s with 1,
-    and 0.50 s each for two 1-thread runs side by side), so two 1-thread runs do 25% more work per second than
-    one 2-thread run. Every model at once when there is a core for each; else the bi-encoders (the longer
-    runs) together, then the rest."""
-    if cpus >= len(names):
-        return [names]
+    """Which demo models train at the same time: with two cores or more, all of them, one thread each (several
+    to a model where there are more cores than models); with one core, one after the other.
+
+    A CPU step of these small models is mostly short kernels that two threads barely share (measured here: 0.31 s
+    per bi-encoder step with 2 threads, 0.50 s with 1, and 0.50 s each for two 1-thread runs side by side), so
+    1-thread runs do the most work per second. With four models on two cores, waves (the three bi-encoders, then
+    the audio-only model on both cores; or two and two) leave a core idle or use the less efficient 2-thread run,
+    while four processes at once keep both cores busy with 1-thread runs until the last one ends."""
     if cpus < 2:
         return [[n] for n in names]
-    longest = sorted(names, key=lambda n: -len(DEMO_MODELS[n][0]))[:cpus]
-    return [longest] + [[n] for n in names if n not in longest]
+    return [list(names)]
 
 
 def _train_job(store: str, config: dict, run_dir: str, threads: int, label: str, position: int) -> float:
@@ -290,6 +318,19 @@ def claim_markdown(results: dict, baseline: str = "audio-only") -> str:
     groups = _groups(results)
     rows = split_differences(groups, audio_only_baselines(groups, baseline))
     return to_markdown(rows, decimals=1, drop=("baseline", "seeds", "baseline_seeds")).rstrip("\n")
+
+
+def learned_markdown(results: dict) -> str:
+    """Per model with learned weights: each video kind's eval clips and their mean visual weight ± std."""
+    from evaluation.gate import UNINFORMATIVE
+
+    rows = ["| model | video | clips | visual weight |", "|---|---|---:|---:|"]
+    for name, r in results.items():
+        for kind, s in (r.info.get("learned_weights") or {}).items():
+            note = " (shows nothing useful)" if kind in UNINFORMATIVE else ""
+            spread = f" ± {s['visual_weight_std']:.3f}" if s["clips"] > 1 else ""
+            rows.append(f"| {name} | {kind}{note} | {s['clips']} | {s['visual_weight_mean']:.3f}{spread} |")
+    return "\n".join(rows)
 
 
 def plot_split(results: dict, path: Path, baseline: str = "audio-only") -> Path:
