@@ -19,8 +19,8 @@ import yaml
 
 from pipeline.errors import AvsedError
 
-__all__ = ["ConfigError", "merge", "parse_set", "parse_sets", "read_yaml_mapping", "validated", "error_message",
-           "did_you_mean", "known_keys"]
+__all__ = ["ConfigError", "merge", "parse_set", "parse_sets", "read_yaml_mapping", "resolve", "validated",
+           "error_message", "did_you_mean", "known_keys"]
 
 
 class ConfigError(AvsedError, ValueError):
@@ -99,6 +99,22 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: a config file holds a mapping of settings (key: value), got a "
                           f"{type(data).__name__}")
     return data
+
+
+def resolve(model: type, config: Any = None, config_file: str | Path | None = None,
+            sets: Mapping[str, Any] | None = None, config_name: str = "config"):
+    """The one way a run's config is put together (CLI, flows, deployments): the file (or the model's defaults),
+    then `config` merged in key by key (a `model` instance counts only the keys it was given: pydantic records
+    them), then `sets`; validated by `model.from_dict`. Errors name the file, `config_name` (what `config` is to the
+    caller: "config", "flags") and "--set"."""
+    if isinstance(config, model) and not config_file and not sets:
+        return config.validate()
+    base = read_yaml_mapping(config_file) if config_file else {}
+    if isinstance(config, model):
+        config = config.model_dump(mode="json", exclude_unset=True)
+    source = ", ".join(filter(None, [str(config_file) if config_file else None, config_name if config else None,
+                                     "--set" if sets else None])) or None
+    return model.from_dict(merge(merge(base, config), sets), source=source)
 
 
 def did_you_mean(word: Any, choices: Iterable[str]) -> str:

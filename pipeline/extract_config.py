@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pydantic.json_schema import WithJsonSchema
 
-from avsed.config import ConfigError, did_you_mean, error_message, merge, read_yaml_mapping, validated
+from avsed.config import ConfigError, did_you_mean, error_message, merge, read_yaml_mapping, resolve, validated
 from features.base import extractor_class, extractor_names
 from pipeline.download import DownloadConfig
 from pipeline.ledger import Ledger
@@ -155,14 +155,5 @@ def resolve_extract_config(config: ExtractConfig | dict[str, Any] | None = None,
                            config_file: str | Path | None = None,
                            sets: dict[str, Any] | None = None,
                            config_name: str = "config") -> ExtractConfig:
-    """The one way a run's config is put together (CLI, flows, deployments): the file, then `config` merged in
-    key by key (an ExtractConfig counts only the keys it was given), then `sets`. Errors name the file,
-    `config_name` (what `config` is to the caller: "config", "flags") and "--set"."""
-    if isinstance(config, ExtractConfig) and not config_file and not sets:
-        return config.validate()
-    base = read_yaml_mapping(config_file) if config_file else {}
-    if isinstance(config, ExtractConfig):  # over a file, only the keys it was given (pydantic records them)
-        config = config.model_dump(mode="json", exclude_unset=True)
-    source = ", ".join(filter(None, [str(config_file) if config_file else None, config_name if config else None,
-                                     "--set" if sets else None])) or None
-    return ExtractConfig.from_dict(merge(merge(base, config), sets), source=source)
+    """An extraction's config from its sources, key by key (avsed.config.resolve)."""
+    return resolve(ExtractConfig, config, config_file, sets, config_name)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from avsed.config import ConfigError, did_you_mean, merge, read_yaml_mapping, validated
+from avsed.config import ConfigError, did_you_mean, merge, read_yaml_mapping, resolve, validated
 
 ARCHITECTURES = ("transformer", "conformer")  # training.models' registry (not imported here: it needs torch)
 DTYPES = ("float32", "float64", "float16", "bfloat16")
@@ -275,14 +275,6 @@ def merge_settings(base: dict[str, Any], overrides: dict[str, Any] | None) -> di
 def resolve_train_config(config: TrainConfig | dict[str, Any] | None = None, config_file: str | Path | None = None,
                          sets: dict[str, Any] | None = None,
                          config_name: str = "config") -> TrainConfig:
-    """The one way a run's config is put together (CLI, flows, deployments): the file (or the paper's defaults),
-    then `config` merged in key by key (a TrainConfig counts only the keys it was given), then `sets`. Errors name
-    the file, `config_name` (what `config` is to the caller: "config", "flags") and "--set"."""
-    if isinstance(config, TrainConfig) and not config_file and not sets:
-        return config.validate()
-    base = read_yaml_mapping(config_file) if config_file else {}
-    if isinstance(config, TrainConfig):  # over a file, only the keys it was given (pydantic records them)
-        config = config.model_dump(mode="json", exclude_unset=True)
-    source = ", ".join(filter(None, [str(config_file) if config_file else None, config_name if config else None,
-                                     "--set" if sets else None])) or None
-    return TrainConfig.from_dict(merge(merge(base, config), sets), source=source)
+    """A training run's config from its sources (the file or the paper's defaults), key by key
+    (avsed.config.resolve)."""
+    return resolve(TrainConfig, config, config_file, sets, config_name)
