@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from evaluation.evaluate import METRICS
-from training.paper_tables import METRIC_COLUMNS, _row_groups, markdown, metric_rows
+from training.paper_tables import METRIC_COLUMNS, _row_groups, markdown, metric_rows, plot_rows
 
 if TYPE_CHECKING:
     from training.paper import PaperRun, RunRecord
@@ -141,29 +141,6 @@ def _split_markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot(rows: list[dict], path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.2))
-    width = 0.8 / len(METRICS)
-    x = np.arange(len(rows))
-    for k, m in enumerate(METRICS):
-        means = np.array([r[f"{m}_mean"] for r in rows], dtype=float)
-        stds = np.nan_to_num(np.array([r[f"{m}_std"] for r in rows], dtype=float))
-        ax.bar(x + (k - (len(METRICS) - 1) / 2) * width, means, width, yerr=stds, capsize=2, label=m.upper())
-    ax.set_xticks(x, [f"{r['architecture']}\n{r['model']}\n{r['training weights']}" for r in rows], fontsize=7)
-    ax.set_ylabel("%")
-    ax.set_title("fixed, random and learned interpolation weights", fontsize=9)
-    ax.legend(fontsize=7, ncol=len(METRICS))
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def write_learned_tables(paper: "PaperRun", out_dir: str | Path) -> dict[str, Path]:
     """Append the comparison to out_dir/tables.md (written by paper_tables.write_tables just before) and write
     tableL.csv, tableL_split.csv and tableL.png; nothing when the grid has no learned-weight model."""
@@ -179,5 +156,6 @@ def write_learned_tables(paper: "PaperRun", out_dir: str | Path) -> dict[str, Pa
     paths = {"tableL_csv": _write_csv(rows, out_dir / "tableL.csv", METRIC_COLUMNS),
              "tableL_split_csv": _write_csv(split, out_dir / "tableL_split.csv", SPLIT_COLUMNS)}
     if rows:
-        paths["tableL_png"] = _plot(rows, out_dir / "tableL.png")
+        paths["tableL_png"] = plot_rows(rows, out_dir / "tableL.png",
+                                         "fixed, random and learned interpolation weights", split=False)
     return paths

@@ -165,7 +165,7 @@ def _write_csv(rows: list[dict], path: Path, columns: list[str]) -> Path:
     return path
 
 
-def _plot(rows: list[dict], path: Path, title: str, split: bool) -> Path:
+def plot_rows(rows: list[dict], path: Path, title: str, split: bool) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,7 +207,7 @@ def write_tables(paper: "PaperRun", out_dir: str | Path) -> dict[str, Path]:
         md += [f"## {title}", "", markdown(rows, columns)]
         paths[f"table{table}_csv"] = _write_csv(rows, out_dir / f"table{table}.csv", columns)
         if any(not r.get("note") for r in rows):
-            paths[f"table{table}_png"] = _plot(rows, out_dir / f"table{table}.png", title, split=table == "7")
+            paths[f"table{table}_png"] = plot_rows(rows, out_dir / f"table{table}.png", title, split=table == "7")
     paths["markdown"] = out_dir / "tables.md"
     paths["markdown"].write_text("\n".join(md))
     return paths
