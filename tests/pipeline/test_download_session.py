@@ -232,10 +232,13 @@ def test_clips_that_need_no_request_and_errors_never_raise(served, tmp_path):
             no_id = session.submit("123.wav", None)
             assert no_id.done() and (no_id.result().status, no_id.result().reason) == ("missing", "no_youtube_id")
             first = session.submit(*_clip(GOOD[0])).result()
+            # page + media (more if a loaded machine made yt-dlp retry one): whatever it took, reuse takes none
+            downloaded = server.requests(GOOD[0])
             again = session.submit(*_clip(GOOD[0]))  # the complete file is reused without a request
             assert again.done() and again.result().message == "reused existing file"
             absent = session.submit(*_clip("NotThereXYZ")).result()
-        assert server.requests(GOOD[0]) == 2 and (first.status, absent.status) == ("available", "missing")
+        assert downloaded >= 2 and server.requests(GOOD[0]) == downloaded
+        assert (first.status, absent.status) == ("available", "missing")
     with pytest.raises(ValueError, match="needs out_dir"):
         DownloadSession(_config("http://127.0.0.1:9/{youtube_id}.mp4")).submit(*_clip(GOOD[0]))
     cfg = _config("http://127.0.0.1:9/{youtube_id}.mp4")
