@@ -407,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--teacher", action="store_true",
                    help="score the mean teacher instead of the student (the paper scores the student); "
                         "recorded in result.json and in the model name")
+    s.add_argument("--video-truth", help="what each clip's video shows (a synthetic set's truth/videos.tsv): a "
+                                         "learned-weight model's weights are then summarised per kind (content, "
+                                         "still, black, absent)")
     s.add_argument("--out", help="output folder (default <run>/evaluation)")
     s.set_defaults(func=cmd_evaluate)
 

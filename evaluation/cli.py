@@ -22,7 +22,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     grid = None if args.audio_weight is not None else PAPER_AUDIO_WEIGHTS if args.tune_audio_weight else None
     ev = evaluate_checkpoint(ckpt, args.store, out, audio_weight=args.audio_weight,
                              split_by_availability=args.split_by_availability, audio_weight_grid=grid,
-                             use_teacher=getattr(args, "teacher", False))
+                             use_teacher=getattr(args, "teacher", False),
+                             video_truth=getattr(args, "video_truth", None))
     print(f"{ev.result.info['model']} (seed {ev.result.info['seed']}), values in %:")
     print(metrics_markdown(ev.result))
     print(f"written to {out} (predictions for other tools in {out / 'predictions'})")

@@ -168,3 +168,13 @@ def test_avsed_evaluate_writes_the_learned_weights_without_a_truth_file(gated_ru
     rows = _rows(tmp_path / "cli" / "learned_weights.csv")
     assert {r["video_kind"] for r in rows} == {"video", "absent"}  # the store tells only whether there is a video
     assert "learned weights" in capsys.readouterr().out
+
+
+def test_avsed_evaluate_video_truth_names_what_each_video_shows(gated_runs, tmp_path):
+    from avsed.cli import main
+
+    store, truth, runs = gated_runs
+    assert main(["evaluate", "--checkpoint", str(runs["clip"]), "--store", str(store), "--video-truth", str(truth),
+                 "--out", str(tmp_path / "cli")]) == 0
+    kinds = {r["video_kind"] for r in _rows(tmp_path / "cli" / "learned_weights.csv")}
+    assert "video" not in kinds and "absent" in kinds and kinds & {"content", "still", "black"}
