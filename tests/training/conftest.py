@@ -32,3 +32,19 @@ def synthetic_store(tmp_path_factory):
                               visual={"openl3": 24, "tce": 40}, missing_fraction=0.4, seed=1)
     build_synthetic_store(path, spec)
     return path
+
+
+def steps_without_host_sync(group, warmup: int = 5) -> None:
+    """`warmup` steps (past a CUDA-graph capture's warm-up), then two steps with CUDA's sync debug mode at "error":
+    a host synchronisation inside a step raises."""
+    for step in range(warmup):
+        group.before_step(step)
+        group.step_fn()
+    torch.cuda.synchronize()
+    group.before_step(warmup)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        group.step_fn()
+        group.step_fn()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

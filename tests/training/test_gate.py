@@ -15,7 +15,7 @@ from training.models import build_model
 from training.step import prepared_batch
 from training.train import load_training_data, prepare_group, train_group
 
-from .conftest import small_config, small_model
+from .conftest import small_config, small_model, steps_without_host_sync
 from .test_group import HOST_SYNC_EVENTS, _count, _max_difference, _states, tiny_model
 
 DIMS = [24, 40]
@@ -206,17 +206,7 @@ def test_learned_weights_cuda_step_does_not_synchronise(synthetic_store, mode, c
     config = _learned_config(mode, steps=10, mixup_rate=0.5, device="cuda", compile=capture).resolved("cuda")
     device = torch.device("cuda")
     group = prepare_group(config, [0, 1], load_training_data(synthetic_store, config, device), device)
-    for step in range(5):
-        group.before_step(step)
-        group.step_fn()
-    torch.cuda.synchronize()
-    group.before_step(5)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        group.step_fn()
-        group.step_fn()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
+    steps_without_host_sync(group)
     assert all(v["total"] > 0 for v in group.step_fn.read_losses())
 
 

@@ -19,7 +19,7 @@ from training.cnn import CNNFrontEnd
 from training.config import CNNConfig, ModelConfig
 from training.train import load_training_data, prepare_group, train, train_group
 
-from .conftest import small_config
+from .conftest import small_config, steps_without_host_sync
 
 ROOT = Path(__file__).resolve().parents[2]
 # Events of a host round trip in the CPU profiler: reading a tensor's value (item / bool / float), or making a
@@ -193,16 +193,6 @@ def test_cuda_step_does_not_synchronise(synthetic_store, capture):
     device = torch.device("cuda")
     data = load_training_data(synthetic_store, config, device)
     group = prepare_group(config, [0, 1], data, device)
-    for step in range(5):  # past the capture warm-up
-        group.before_step(step)
-        group.step_fn()
-    torch.cuda.synchronize()
-    group.before_step(5)
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        group.step_fn()
-        group.step_fn()
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
+    steps_without_host_sync(group)
     assert (group.step_fn.graph is not None) == capture
     assert all(v["total"] > 0 for v in group.step_fn.read_losses())
