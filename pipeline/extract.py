@@ -316,12 +316,7 @@ def probe_cached_videos(config: ExtractConfig, jobs: list[VideoJob], progress: b
     report = ExtractionReport()
     if not jobs:
         return report
-    if downloads is None:
-        results = probe_clips([(j.clip_id, j.segment) for j in jobs], config.download, progress)
-    else:
-        futures = [downloads.probe(j.clip_id, j.segment) for j in jobs]
-        results = [f.result() for f in tqdm(futures, total=len(futures), desc="re-check videos", unit="clip",
-                                            disable=not progress)]
+    results = probe_clips([(j.clip_id, j.segment) for j in jobs], config.download, progress, session=downloads)
     records = []
     for r in results:
         if r.status == "missing":
