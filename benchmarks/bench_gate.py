@@ -145,8 +145,14 @@ def analyse(results: dict[str, dict[int, EvaluationResult]]) -> dict:
                       "best_of_fixed_random": max(metrics[FIXED]["with_video"][m]["mean"],
                                                   metrics[RANDOM]["with_video"][m]["mean"])} for m in ("cbf1", "psds2")}
     without = {m: {"learned": metrics[LEARNED]["without_video"][m]["mean"],
+                   "learned_std": metrics[LEARNED]["without_video"][m]["std"],
+                   "fixed": metrics[FIXED]["without_video"][m]["mean"],
+                   "random": metrics[RANDOM]["without_video"][m]["mean"],
                    "audio_only": metrics[AUDIO]["without_video"][m]["mean"],
                    "audio_only_std": metrics[AUDIO]["without_video"][m]["std"]} for m in METRICS}
+
+    def within(mean: float, v: dict) -> bool:  # at or above audio-only's mean minus its std over seeds
+        return bool(mean >= v["audio_only"] - v["audio_only_std"])
     return {
         "seeds": seeds,
         "visual_weight": {"shows_events": _stats(weights["shows_events"]),
@@ -160,8 +166,13 @@ def analyse(results: dict[str, dict[int, EvaluationResult]]) -> dict:
             "nothing_below_events_mean": bool(np.mean(weights["shows_nothing"]) < np.mean(weights["shows_events"])),
             "with_video_at_least_best_of_fixed_random": {m: bool(v["learned"] >= v["best_of_fixed_random"])
                                                           for m, v in with_video.items()},
-            "without_video_within_audio_only_spread": {
-                m: bool(v["learned"] >= v["audio_only"] - v["audio_only_std"]) for m, v in without.items()},
+            "without_video_within_audio_only_spread": {m: within(v["learned"], v) for m, v in without.items()},
+            # Context for the strict check above: the paper's own bi-encoders by the same test, and the looser
+            # reading (the learned model's mean ± std overlaps audio-only's).
+            "without_video_fixed_within": {m: within(v["fixed"], v) for m, v in without.items()},
+            "without_video_random_within": {m: within(v["random"], v) for m, v in without.items()},
+            "without_video_spreads_overlap": {
+                m: bool(v["learned"] + v["learned_std"] >= v["audio_only"] - v["audio_only_std"]) for m, v in without.items()},
         },
         "with_video_comparison": with_video, "without_video_comparison": without,
     }
@@ -201,7 +212,10 @@ def markdown(report: dict) -> str:
     for m, v in a["without_video_comparison"].items():
         lines.append(f"- without video, {m.upper()}: learned {v['learned']:.1f} vs audio-only {v['audio_only']:.1f}"
                      f" ± {v['audio_only_std']:.1f}: within or above: "
-                     f"{c['without_video_within_audio_only_spread'][m]}")
+                     f"{c['without_video_within_audio_only_spread'][m]} (spreads overlap: "
+                     f"{c['without_video_spreads_overlap'][m]}; by the same test fixed weights {v['fixed']:.1f}: "
+                     f"{c['without_video_fixed_within'][m]}, random weights {v['random']:.1f}: "
+                     f"{c['without_video_random_within'][m]})")
     trained = {k: v for k, v in report["train_seconds"].items() if v > 5}  # a resumed, finished run takes < 1 s
     lines += ["", (f"Training in this call (unfinished seeds only): {trained} s per model. " if trained else
                    "Every run was trained before this call (resumed as finished). ") + (report.get("note") or "") +
@@ -247,10 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--demo-out", default="demo-out", help="the folder `avsed demo` wrote (its store is reused)")
     p.add_argument("--seeds", default="0,1,2", help="comma separated")
     p.add_argument("--results", default=str(RESULTS), help="where gate.json, gate.md and gate.png go")
+    p.add_argument("--steps", type=int, default=DemoConfig().steps,
+                   help="training steps per run (default: the demo's; runs of another length are not reused)")
     p.add_argument("--note", default="", help="a sentence for gate.md on how the runs were trained (kept in gate.json)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    cfg = DemoConfig()
+    cfg = DemoConfig(steps=args.steps)
     demo_out = Path(args.demo_out)
     seeds = [int(s) for s in args.seeds.split(",")]
     store, truth = ensure_store(demo_out, cfg)

@@ -14,6 +14,8 @@ Per step and seed:
 - lam (): mixing ratio ~ Beta(alpha, alpha) (paper: alpha 0.2).
 - partner (B,): a permutation of the batch that pairs clips only within their supervision kind.
 - audio_weight (): ~ U(random_audio_low, random_audio_high) (paper: U(0.25, 1)), used by "random" weights.
+- video_drop (B,): ~ U(0, 1) per batch position; a learned gate's training hides the clip's video where it is
+  below `model.gate.video_dropout` (training/step.py). Drawn last, so the draws above are those of earlier runs.
 Every draw is made whatever the configuration uses, so the streams never depend on other settings.
 """
 
@@ -51,6 +53,7 @@ class StepDraws:
     lam: torch.Tensor  # float64 (...)
     partner: torch.Tensor  # int64 (..., B) positions within the batch
     audio_weight: torch.Tensor  # float64 (...)
+    video_drop: torch.Tensor  # float64 (..., B)
 
     def at(self, i: torch.Tensor | int) -> "StepDraws":
         """The draws of step `i` of the chunk; `i` may be a 1-element device tensor (no host read)."""
@@ -130,5 +133,6 @@ def draw_chunk(schedule: BatchSchedule, chunk: int, mixup_rate: float, mixup_alp
     partner = torch.argsort(keys, dim=1, stable=True)
     u = torch.rand(k_steps, generator=generator, **f64)
     audio_weight = audio_low + (audio_high - audio_low) * u
+    video_drop = torch.rand(k_steps, b, generator=generator, **f64)
     indices = schedule.indices(chunk * DRAW_CHUNK, DRAW_CHUNK)
-    return StepDraws(indices, mix, lam, partner, audio_weight)
+    return StepDraws(indices, mix, lam, partner, audio_weight, video_drop)

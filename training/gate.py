@@ -26,6 +26,12 @@ operation; nothing is read back or made from host data). Mixup: the gate sees th
 mixed pair's availability is the AND of the two clips' (training/mixup.py): if either clip lacks a video, the
 mixed clip's prior has a 0 there and the gate gives that stream exactly weight 0, whatever the mixed embedding.
 
+Video dropout (`video_dropout`, 0.3 by default): in training, the video of that share of the clips (after mixup)
+is hidden as if it were missing (training/step.hide_video). A clip without video takes the audio-only path (audio
+weight exactly 1), and a gate that leans on the picture would otherwise train that path on the missing-video clips
+alone: on the demo's set the learned bi-encoder then lost 2-8 points to audio-only on clips without video, and
+with 30% dropout it matched audio-only there (benchmarks/results/gate.md).
+
 Initially the gate's last layer is zero, so a new model starts from the prior (then the floor): its first steps
 are those of a model with fixed weights.
 """

@@ -60,6 +60,15 @@ def prepared_batch(features: Batch, draws: StepDraws, dtype: torch.dtype) -> Bat
     return mix_pairs(batch, draws.partner, draws.lam, draws.mix)
 
 
+def hide_video(batch: Batch, hide: torch.Tensor) -> Batch:
+    """The batch with every visual stream of the clips where `hide` (B,) holds marked missing, as a clip without
+    video is: availability 0 (so its weight is 0, and a gate's input from it is zeros) and keys all valid."""
+    keep = torch.cat([torch.ones_like(hide[:, None]), ~hide[:, None].expand(-1, batch.available.shape[1] - 1)], 1)
+    visual_valid = [v | hide[:, None] for v in batch.visual_valid]
+    return Batch(batch.logmel, batch.visual, visual_valid, batch.available & keep, batch.strong, batch.weak,
+                 batch.kind)
+
+
 def seed_objective(skeleton: nn.Module, features: Batch, config: TrainConfig, dtype: torch.dtype,
                    autocast: Callable[[], contextlib.AbstractContextManager]) -> Callable:
     """LOGGED_TERMS (7,) of one seed for one step (the loss terms first), as a function of that seed's state and
@@ -69,8 +78,13 @@ def seed_objective(skeleton: nn.Module, features: Batch, config: TrainConfig, dt
         # Built once here: a tensor made from Python numbers inside the step would be a host-to-device copy.
         fixed_weights = base_interpolation_weights(config, torch.zeros((), device=features.logmel.device), dtype)
 
-    def objective(params, buffers, t_params, t_buffers, indices, mix, lam, partner, audio_weight):
-        batch = prepared_batch(features, StepDraws(indices, mix, lam, partner, audio_weight), dtype)
+    video_dropout = config.model.gate.video_dropout if config.model.gate.mode != "none" else 0.0
+
+    def objective(params, buffers, t_params, t_buffers, indices, mix, lam, partner, audio_weight, video_drop):
+        batch = prepared_batch(features, StepDraws(indices, mix, lam, partner, audio_weight, video_drop), dtype)
+        if video_dropout > 0 and len(config.encoders) > 1:
+            # After mixup: the mixed clip is what the model sees, so it is the mixed clip's video that is hidden.
+            batch = hide_video(batch, video_drop < video_dropout)
         if len(config.encoders) == 1:
             base = torch.ones(1, dtype=dtype, device=batch.available.device)
         else:

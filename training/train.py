@@ -45,7 +45,7 @@ __all__ = ["CHECKPOINT", "TrainResult", "TrainingGroup", "train", "train_group",
 # Settings that may change between an interrupted run and its resumption without changing the result.
 # The schedule length may grow: nothing but the loop end depends on it. Validation only reads the models.
 _RESUMABLE_KEYS = {"device", "progress", "log_every", "checkpoint_every", "epochs", "steps_per_epoch",
-                   "validate_every", "validation_partitions"}
+                   "validate_every", "validation_partitions", "group_seeds"}
 _DROPOUT_STREAM = 3  # generator-seed key of the torch RNG that drives dropout (training/draws.stream_seed)
 
 
@@ -125,7 +125,8 @@ def train_group(store_path: str | Path, config: TrainConfig | dict | str | Path 
     configs = [c.resolved(device.type) for c in configs]
     template = configs[0]
     total = template.total_steps if stop_after is None else min(stop_after, template.total_steps)
-    # Seeds whose checkpoints are at the same step train together (the common case: all of them).
+    # Seeds whose checkpoints are at the same step train together (the common case: all of them), at most
+    # `group_seeds` at a time (a group's memory grows with its seeds).
     by_step: dict[int, list[int]] = {}
     for k, ckpt in enumerate(checkpoints):
         by_step.setdefault(0 if ckpt is None else int(ckpt["step"]), []).append(k)
@@ -135,7 +136,10 @@ def train_group(store_path: str | Path, config: TrainConfig | dict | str | Path 
         if ckpt is not None and data is not None:
             _check_provenance(ckpt, data, store_path, d)
     results: dict[int, TrainResult] = {}
-    for start, members in sorted(by_step.items()):
+    cohorts: list[list[int]] = []
+    for _, same_step in sorted(by_step.items()):
+        cohorts += [same_step[i: i + template.group_seeds] for i in range(0, len(same_step), template.group_seeds)]
+    for members in cohorts:
         cohort = _Cohort(store_path, template, [seeds[k] for k in members], [dirs[k] for k in members],
                          [checkpoints[k] for k in members], data, device)
         for k, result in zip(members, cohort.run(total, progress_desc, progress_position)):
@@ -154,7 +158,7 @@ def _run_config(given: TrainConfig | dict | str | Path | None, checkpoint: dict 
             raise RunMismatch(f"{out_dir / CHECKPOINT}: written by an earlier version (checkpoint format "
                               f"{checkpoint.get('format', 1)}, this one resumes format {FORMAT}); it can still be "
                               f"evaluated, but train into a new directory to continue training")
-        stored = TrainConfig.from_dict(checkpoint["config"])
+        stored = TrainConfig.from_dict(_as_trained(checkpoint["config"]))
         if given is None:
             config = stored
         else:
@@ -171,6 +175,16 @@ def _run_config(given: TrainConfig | dict | str | Path | None, checkpoint: dict 
                                  f"{sorted(diff)}); train into a new directory instead")
     config = TrainConfig.from_dict({**config.to_dict(), "seed": seed})
     return config
+
+
+def _as_trained(stored: dict) -> dict:
+    """A checkpoint's config with what newer defaults would change filled in as the run was trained: a gated run
+    written before `model.gate.video_dropout` existed trained without it (a resume with the new default then
+    refuses, naming the change, instead of silently training on differently)."""
+    gate = stored.get("model", {}).get("gate", {})
+    if gate.get("mode", "none") != "none" and "video_dropout" not in gate:
+        stored = {**stored, "model": {**stored["model"], "gate": {**gate, "video_dropout": 0.0}}}
+    return stored
 
 
 def _check_provenance(checkpoint: dict, data: ClipSet, store_path, out_dir: Path) -> None:

@@ -12,8 +12,9 @@ from training.config import GateConfig, TrainConfig, TrainConfigError
 from training.fusion import resolve_weights
 from training.gate import gated_weights
 from training.models import build_model
-from training.step import prepared_batch
-from training.train import load_training_data, prepare_group, train_group
+from training.step import hide_video, prepared_batch
+from training.checkpoint import CHECKPOINT, RunMismatch
+from training.train import load_training_data, prepare_group, train, train_group
 
 from .conftest import small_config, small_model, steps_without_host_sync
 from .test_group import HOST_SYNC_EVENTS, _count, _max_difference, _states, tiny_model
@@ -165,7 +166,8 @@ def test_training_moves_the_gate_and_mixed_clips_missing_a_video_get_zero(synthe
     assert not torch.equal(group.teacher.params["gate.logits.weight"][0], torch.zeros_like(start["gate.logits.weight"]))
     # The next step's batch, mixed as the step mixes it, through the trained student.
     draws = group.step_fn.draws.at(3)
-    seed_draws = type(draws)(*(getattr(draws, f)[0] for f in ("indices", "mix", "lam", "partner", "audio_weight")))
+    seed_draws = type(draws)(*(getattr(draws, f)[0] for f in ("indices", "mix", "lam", "partner", "audio_weight",
+                                                                 "video_drop")))
     batch = prepared_batch(data.tensors, seed_draws, torch.float32)
     raw = data.tensors.take(seed_draws.indices)
     anded = raw.available & raw.available.index_select(0, seed_draws.partner)
@@ -180,6 +182,44 @@ def test_training_moves_the_gate_and_mixed_clips_missing_a_video_get_zero(synthe
     missing = ~batch.available[:, None, :].expand_as(per_position)
     assert torch.equal(per_position[missing], torch.zeros(int(missing.sum())))
     assert torch.allclose(w.sum(-1), torch.ones(w.shape[:-1]), atol=1e-6)
+
+
+def test_hidden_video_is_a_missing_video(synthetic_store):
+    """hide_video marks the chosen clips' visual streams missing, exactly as data.load_clips marks a clip without
+    video (availability 0, every key valid), and leaves the audio and the other clips alone."""
+    config = _learned_config("clip").resolved("cpu")
+    data = load_training_data(synthetic_store, config, torch.device("cpu"))
+    batch = data.tensors.take(torch.arange(8))
+    hide = torch.tensor([True, False] * 4)
+    out = hide_video(batch, hide)
+    assert torch.equal(out.available[:, 0], torch.ones(8, dtype=torch.bool))
+    assert not out.available[hide, 1:].any()
+    assert torch.equal(out.available[~hide], batch.available[~hide])
+    for before, after in zip(batch.visual_valid, out.visual_valid):
+        assert after[hide].all() and torch.equal(after[~hide], before[~hide])
+    assert out.logmel is batch.logmel and out.strong is batch.strong
+
+
+@pytest.mark.parametrize("dropout,visual_learns", [(0.0, True), (0.999, False)])
+def test_video_dropout_trains_the_audio_only_path(synthetic_store, dropout, visual_learns):
+    """With every video hidden (dropout just below 1) the visual streams get weight 0 in every training clip, so
+    their encoders get no gradient; without dropout they learn."""
+    config = _learned_config("clip", steps=4, mixup_rate=0.5).resolved("cpu")
+    config.model.gate.video_dropout = dropout
+    data = load_training_data(synthetic_store, config, torch.device("cpu"))
+    group = prepare_group(config, [0], data, torch.device("cpu"))
+    start = {k: v.detach().clone() for k, v in group.student.params.items()}
+    for step in range(2):
+        group.before_step(step)
+        group.step_fn()
+    moved = {k for k, v in start.items() if not torch.equal(v, group.student.params[k])}
+    visual = {k for k in start if k.startswith(("visual_proj.", "encoders.1.", "encoders.2."))}
+    # (Some parameters never get a gradient, e.g. attention key biases: judge by the projections and feed-forwards.)
+    learners = {"visual_proj.0.weight", "visual_proj.1.weight", "encoders.1.0.ff_in.net.1.weight",
+                "encoders.2.2.ff_out.net.4.weight"}
+    assert learners <= visual
+    assert (learners <= moved) if visual_learns else not (visual & moved)
+    assert "cnn.blocks.0.0.weight" in moved  # the audio path trains either way
 
 
 @pytest.mark.parametrize("mode,seeds", [("clip", [0, 1]), ("frame", [0, 1]), ("clip", [0])])
@@ -211,12 +251,29 @@ def test_learned_weights_cuda_step_does_not_synchronise(synthetic_store, mode, c
 
 
 def test_learned_seed_of_a_group_equals_the_seed_trained_alone(tmp_path, synthetic_store):
-    """The gate under vmap: per-frame weights, mixup on, float64; seed 1 of a group == seed 1 alone."""
+    """The gate under vmap: per-frame weights, mixup and video dropout on, float64; seed 1 of a group == seed 1
+    alone."""
     config = _learned_config("frame", steps=8, batch_strong=2, batch_weak=2, batch_unlabelled=2, mixup_rate=0.5,
                              feature_dtype="float64", model_dtype="float64", log_every=8)
+    config.model.gate.video_dropout = 0.3  # the hidden videos are a seed's own draws too
     data = load_training_data(synthetic_store, config.resolved("cpu"), torch.device("cpu"))
     train_group(synthetic_store, config, {s: tmp_path / f"group{s}" for s in (0, 1)}, data=data)
     train_group(synthetic_store, config, {1: tmp_path / "alone1"}, data=data)
     group, alone = _states(tmp_path / "group1"), _states(tmp_path / "alone1")
     assert _max_difference(group, alone) < 1e-5
     assert not torch.equal(group["model"]["gate.logits.weight"], torch.zeros_like(group["model"]["gate.logits.weight"]))
+
+
+def test_a_gated_run_from_before_video_dropout_resumes_only_as_it_was_trained(tmp_path, synthetic_store):
+    """A checkpoint written before `model.gate.video_dropout` existed was trained without it: resuming it with the
+    new default refuses (naming the change) instead of silently training on with hidden videos; with the
+    setting at 0 it resumes."""
+    config = _learned_config("clip", steps=4, log_every=2, checkpoint_every=2)
+    train(synthetic_store, config, tmp_path / "run", stop_after=2)
+    ckpt = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=False)
+    del ckpt["config"]["model"]["gate"]["video_dropout"]
+    torch.save(ckpt, tmp_path / "run" / CHECKPOINT)
+    with pytest.raises(RunMismatch, match="model"):
+        train(synthetic_store, config, tmp_path / "run", resume=True)
+    config.model.gate.video_dropout = 0.0
+    assert train(synthetic_store, config, tmp_path / "run", resume=True).steps == 4

@@ -72,6 +72,20 @@ def test_each_seed_of_a_group_equals_the_seed_trained_alone(tmp_path, synthetic_
     assert _max_difference(_states(tmp_path / "group0"), _states(tmp_path / "group1")) > 1e-3
 
 
+def test_more_seeds_than_group_seeds_train_as_consecutive_groups(tmp_path, synthetic_store):
+    """Five seeds with group_seeds 2: groups [0, 1], [2, 3], [4] (a group's memory grows with its seeds; 20 at
+    once ran out of memory on an H100), each seed as it trains alone."""
+    config = small_config(["logmel", "openl3"], "transformer", steps=6, model=tiny_model("transformer"),
+                          batch_strong=1, batch_weak=1, batch_unlabelled=1, feature_dtype="float64",
+                          model_dtype="float64", log_every=6, group_seeds=2)
+    data = load_training_data(synthetic_store, config.resolved("cpu"), torch.device("cpu"))
+    results = train_group(synthetic_store, config, {s: tmp_path / f"group{s}" for s in range(5)}, data=data)
+    assert [r.steps for r in results] == [6] * 5
+    assert [_states(tmp_path / f"group{s}")["group"] for s in range(5)] == [[0, 1], [0, 1], [2, 3], [2, 3], [4]]
+    train(synthetic_store, {**config.to_dict(), "seed": 3}, tmp_path / "solo3", data=data)
+    assert _max_difference(_states(tmp_path / "solo3"), _states(tmp_path / "group3")) < 1e-5
+
+
 def _group_argv(store, config_path, out, steps):
     return [sys.executable, "-m", "avsed.cli", "train", "--store", str(store), "--config", str(config_path),
             "--out", str(out), "--seeds", "0-2", "--steps", str(steps), "--resume"]
