@@ -1,7 +1,8 @@
 """Learned interpolation weights on the demo's synthetic set over several seeds (issue #16's acceptance).
 
 Trains the demo's four models (audio-only, bi-encoder with fixed 0.75/0.25, random and learned weights; the demo's
-settings: conformer, 450 steps, training/gate.py for the learned one) for each seed, evaluates each as the demo
+settings, conformer, with its steps and batch unless --steps / --batch say otherwise; training/gate.py for the
+learned one) for each seed, evaluates each as the demo
 does (tuned on validation; inference audio weight from the paper's grid for fixed and random; eval split by video
 availability) and reports:
 - the learned bi-encoder's mean visual weight on eval clips whose video is a black screen or a still image vs
@@ -10,10 +11,11 @@ availability) and reports:
   audio-only on eval clips without video (mean ± std over seeds).
 
 The demo's store is used as it is (`--demo-out`, the folder `avsed demo` wrote; made here the demo's way, without
-Prefect, if it has no store). Seed 0 is the demo's own runs, when they are there. One training process at a time
+Prefect, if it has no store). Seed 0 is the demo's own runs (<demo-out>/runs) when they are there, which must then
+have the same steps and batch (a resume with other settings refuses). One training process at a time
 (the seeds of a model together, training/group.py), all threads of the machine.
 
-    .venv/bin/python benchmarks/bench_gate.py --demo-out demo-out [--seeds 0,1,2]
+    .venv/bin/python benchmarks/bench_gate.py --demo-out demo-out [--seeds 0,1,2] [--steps 450 --batch 6,6,12]
 
 Writes benchmarks/results/gate.json, gate.md and gate.png; runs go to <demo-out>/gate_bench/.
 """
@@ -188,7 +190,9 @@ def markdown(report: dict) -> str:
     vw = a["visual_weight"]
     lines = [f"# Learned interpolation weights on the demo's synthetic set ({report['date']})", "",
              f"{report['machine']}; seeds {', '.join(map(str, a['seeds']))}; the demo's settings (conformer, "
-             f"{report['config']['steps']} steps, 500 clips). Values in %, mean ± std over seeds.", "",
+             f"500 clips) with {report['config']['steps']} steps of batch "
+             f"{tuple(report['config'].get('batch', ()))} (strong, weak, unlabelled). Values in %, mean ± std over "
+             f"seeds.", "",
              "## What the gate gives each kind of video (eval clips)", "",
              "| video | clips | mean visual weight (± std over seeds) | per seed |", "|---|---:|---:|---|"]
     for kind in ("content", "still", "black", "absent"):
@@ -263,17 +267,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(RESULTS), help="where gate.json, gate.md and gate.png go")
     p.add_argument("--steps", type=int, default=DemoConfig().steps,
                    help="training steps per run (default: the demo's; runs of another length are not reused)")
+    p.add_argument("--batch", default=",".join(map(str, DemoConfig().batch)),
+                   help="strong,weak,unlabelled clips per batch (default: the demo's)")
     p.add_argument("--note", default="", help="a sentence for gate.md on how the runs were trained (kept in gate.json)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
-    cfg = DemoConfig(steps=args.steps)
+    cfg = DemoConfig(steps=args.steps, batch=tuple(int(b) for b in args.batch.split(",")))
     demo_out = Path(args.demo_out)
     seeds = [int(s) for s in args.seeds.split(",")]
     store, truth = ensure_store(demo_out, cfg)
     train_seconds = train_all(store, demo_out, seeds, cfg)
     results = evaluate_all(store, truth, demo_out, seeds, cfg)
     report = {"date": date.today().isoformat(), "machine": f"{platform.processor() or platform.machine()}, "
-              f"{os.cpu_count()} cores, no GPU" if not _cuda() else "GPU", "config": {"steps": cfg.steps},
+              f"{os.cpu_count()} cores, no GPU" if not _cuda() else "GPU", "config": {"steps": cfg.steps, "batch": list(cfg.batch)},
               "train_seconds": train_seconds, "note": args.note, "analysis": analyse(results), "seconds": time.perf_counter() - t0}
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
