@@ -179,7 +179,7 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, config: Demo
         # 3. training and 4. evaluation (split by video availability), side by side where there are cores for
         # it: each model is evaluated in its training process as soon as it is trained, while the others train.
         runs = out / "runs"
-        checkpoints = {name: runs / name.replace(" ", "_").replace("(", "").replace(")", "") for name in DEMO_MODELS}
+        checkpoints = {name: runs / run_dir_name(name) for name in DEMO_MODELS}
         truth = data / "truth" / "videos.tsv"
         t0 = time.perf_counter()
         for wave in training_waves(list(DEMO_MODELS), cpus):
@@ -260,26 +260,38 @@ def training_waves(names: list[str], cpus: int) -> list[list[str]]:
     return [list(names)]
 
 
-def _train_job(store: str, config: dict, run_dir: str, threads: int, label: str, position: int,
+def run_dir_name(name: str) -> str:
+    """A demo model's run directory: "bi-encoder (fixed weights)" -> "bi-encoder_fixed_weights"."""
+    return name.replace(" ", "_").replace("(", "").replace(")", "")
+
+
+def evaluate_demo_run(run_dir: str | Path, store: str | Path, name: str, video_truth: str | Path):
+    """Evaluate the run of demo model `name` as the paper does (post-processing tuned on validation; for a
+    bi-encoder with fixed or random training weights also the inference audio weight from the paper's grid; a
+    learned one chooses its own per clip), split by video availability, into <run>/evaluation/result.json."""
+    from evaluation.run import PAPER_AUDIO_WEIGHTS, evaluate_checkpoint
+
+    run_dir = Path(run_dir)
+    grid = PAPER_AUDIO_WEIGHTS if len(DEMO_MODELS[name][0]) > 1 else None
+    ev = evaluate_checkpoint(run_dir, store, run_dir / "evaluation", split_by_availability=True,
+                             audio_weight_grid=grid, device="cpu", video_truth=video_truth)
+    ev.result.info["model"] = name
+    ev.result.save(run_dir / "evaluation" / "result.json")
+    return ev.result
+
+
+def _train_job(store: str, config: dict, run_dir: str, threads: int, name: str, position: int,
                video_truth: str) -> tuple[float, float]:
-    """Train one demo model, then evaluate it as the paper does (post-processing tuned on validation; for a bi-encoder
-    with fixed or random training weights also the inference audio weight; a learned one chooses its own per clip),
-    split by video availability, into <run>/evaluation/result.json. Returns the seconds of each."""
+    """Train demo model `name`, then evaluate it (evaluate_demo_run). Returns the seconds of each."""
     import torch
 
-    from evaluation.run import PAPER_AUDIO_WEIGHTS, evaluate_checkpoint
-    from training.config import TrainConfig
     from training.train import train
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    train(store, config, run_dir, resume=True, progress_desc=f"train {label}", progress_position=position)
+    train(store, config, run_dir, resume=True, progress_desc=f"train {name}", progress_position=position)
     t1 = time.perf_counter()
-    grid = PAPER_AUDIO_WEIGHTS if len(TrainConfig.from_dict(config).encoders) > 1 else None
-    ev = evaluate_checkpoint(run_dir, store, Path(run_dir) / "evaluation", split_by_availability=True,
-                             audio_weight_grid=grid, device="cpu", video_truth=video_truth)
-    ev.result.info["model"] = label
-    ev.result.save(Path(run_dir) / "evaluation" / "result.json")
+    evaluate_demo_run(run_dir, store, name, video_truth)
     return t1 - t0, time.perf_counter() - t1
 
 

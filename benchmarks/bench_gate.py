@@ -35,17 +35,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from avsed.demo import DEMO_MODELS, DemoConfig, demo_extract_config, demo_synth_config, demo_train_config  # noqa: E402
+from avsed.demo import (DEMO_MODELS, DemoConfig, demo_extract_config, demo_synth_config, demo_train_config,  # noqa: E402
+                        evaluate_demo_run, run_dir_name)
 from evaluation.evaluate import METRICS, EvaluationResult  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LEARNED = "bi-encoder (learned weights)"
 FIXED, RANDOM, AUDIO = "bi-encoder (fixed weights)", "bi-encoder (random weights)", "audio-only"
 SHOWS_EVENTS, SHOWS_NOTHING = ("content",), ("still", "black")
-
-
-def _dir_name(name: str) -> str:
-    return name.replace(" ", "_").replace("(", "").replace(")", "")
 
 
 def ensure_store(demo_out: Path, cfg: DemoConfig) -> tuple[Path, Path]:
@@ -69,8 +66,8 @@ def ensure_store(demo_out: Path, cfg: DemoConfig) -> tuple[Path, Path]:
 
 def run_dirs(demo_out: Path, name: str, seeds: list[int], cfg: DemoConfig) -> dict[int, Path]:
     """seed -> run directory: the demo's own run for its seed, gate_bench/<model>/seed<k> for the others."""
-    return {s: demo_out / "runs" / _dir_name(name) if s == cfg.seed else
-            demo_out / "gate_bench" / _dir_name(name) / f"seed{s}" for s in seeds}
+    return {s: demo_out / "runs" / run_dir_name(name) if s == cfg.seed else
+            demo_out / "gate_bench" / run_dir_name(name) / f"seed{s}" for s in seeds}
 
 
 def train_all(store: Path, demo_out: Path, seeds: list[int], cfg: DemoConfig) -> dict[str, float]:
@@ -94,10 +91,8 @@ def train_all(store: Path, demo_out: Path, seeds: list[int], cfg: DemoConfig) ->
 def evaluate_all(store: Path, truth: Path, demo_out: Path, seeds: list[int], cfg: DemoConfig
                  ) -> dict[str, dict[int, EvaluationResult]]:
     """Each run evaluated as the demo does (an evaluation of the same checkpoint file is reused)."""
-    from evaluation.run import PAPER_AUDIO_WEIGHTS, evaluate_checkpoint
-
     out: dict[str, dict[int, EvaluationResult]] = {}
-    for name, (encoders, _) in DEMO_MODELS.items():
+    for name in DEMO_MODELS:
         out[name] = {}
         for seed, run in run_dirs(demo_out, name, seeds, cfg).items():
             path = run / "evaluation" / "result.json"
@@ -106,12 +101,7 @@ def evaluate_all(store: Path, truth: Path, demo_out: Path, seeds: list[int], cfg
                     (name != LEARNED or "learned_weights" in EvaluationResult.load(path).info):
                 out[name][seed] = EvaluationResult.load(path)
                 continue
-            grid = PAPER_AUDIO_WEIGHTS if len(encoders) > 1 else None
-            ev = evaluate_checkpoint(run, store, run / "evaluation", split_by_availability=True,
-                                     audio_weight_grid=grid, device="cpu", video_truth=truth)
-            ev.result.info["model"] = name
-            ev.result.save(path)
-            out[name][seed] = ev.result
+            out[name][seed] = evaluate_demo_run(run, store, name, truth)
             print(f"[gate] evaluated {name} seed {seed}", flush=True)
     return out
 
