@@ -35,18 +35,6 @@ def _floats(value: str) -> list[float]:
     return out
 
 
-def _paper_seeds(value: str) -> list[int]:
-    """argparse `type=` for `paper --seeds`: a count (20: seeds 0-19) or seeds and ranges (0-4, 0,2)."""
-    from training.cli import parse_seeds
-
-    if value.strip().isdigit():
-        return list(range(int(value)))
-    try:
-        return parse_seeds(value)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _learned_modes(value: str) -> list[str]:
     """argparse `type=` for `paper --learned`: gate modes, comma separated, or none."""
     modes = list(_csv(value))
@@ -361,8 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue from the checkpoints in --out (bit-exact); finished seeds are not trained again")
     s.add_argument("--seed", type=int, help="the seed of a single run (overrides the config's)")
     s.add_argument("--seeds", type=seeds_argument,
-                   help="train these seeds together in one process, e.g. 0-19 or 0,3,5-7 (store read once, "
-                        "models stacked); each writes its own run directory")
+                   help="train these seeds together in one process: a count (20: seeds 0-19, as `avsed paper "
+                        "--seeds 20`) or seeds like 0-19, 0,3,5-7, 5-5 (store read once, models stacked); each "
+                        "writes its own run directory")
     s.add_argument("--steps", type=int, help="train N steps in all (one epoch of N batches) instead of 100 x 250")
     s.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     s.add_argument("--engine", choices=("plain", "prefect"), default="plain",
@@ -374,8 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("paper", help="train, evaluate and tabulate the paper's Tables 5-8 on a store")
     s.add_argument("--store", required=True, help="the feature store; models need the visual features it has")
     s.add_argument("--out", required=True, help="output folder: runs/<model>/seed<k>/ and tables.md, table<N>.csv/png")
-    s.add_argument("--seeds", default="20", type=_paper_seeds,
-                   help="a count (20: seeds 0-19, the paper's) or seeds like 0-4 or 0,2")
+    s.add_argument("--seeds", default="20", type=seeds_argument,
+                   help="a count (20: seeds 0-19, the paper's; as `avsed train --seeds 20`) or seeds like 0-4, "
+                        "0,2, 5-5")
     s.add_argument("--architectures", default="transformer,conformer", help="comma separated")
     s.add_argument("--features", help="visual features to use (default vgg16,openl3,tce; absent ones are skipped)")
     s.add_argument("--train-audio-weights", default="0.75", type=_floats,

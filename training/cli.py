@@ -10,7 +10,13 @@ CHECKPOINT = "checkpoint.pt"  # training.checkpoint.CHECKPOINT, without importin
 
 
 def parse_seeds(text: str) -> list[int]:
-    """"0-19" -> 0..19; "0,3,5-7" -> [0, 3, 5, 6, 7]; a count "20" is seed 20 (use 0-19 for twenty seeds)."""
+    """The one meaning of --seeds, in every command: a count "20" -> seeds 0..19 (the paper's twenty runs);
+    ranges and lists "0-19", "0,3,5-7" -> those seeds; one particular seed k is "k-k" (or `train --seed k`)."""
+    if str(text).strip().isdigit():
+        count = int(str(text).strip())
+        if count < 1:
+            raise ValueError(f"--seeds {text!r}: a count of seeds must be at least 1 (e.g. 20 for seeds 0-19)")
+        return list(range(count))
     seeds: list[int] = []
     for part in (p.strip() for p in str(text).split(",")):
         if not part:

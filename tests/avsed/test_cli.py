@@ -124,7 +124,7 @@ def test_paper_settings_merge_and_refuse_like_train(tmp_path, capsys):
     line = error_line(capsys)
     assert "'hedas' (did you mean 'heads'?)" in line and "in 'model'" in line
     assert cli.main(["paper", "--store", str(tmp_path / "none.zarr"), "--out", str(tmp_path / "o"), "--engine",
-                     "plain", "--seeds", "0", "--config", str(config)]) == 2
+                     "plain", "--seeds", "0-0", "--config", str(config)]) == 2
     assert "none.zarr" in error_line(capsys)
 
 
