@@ -44,7 +44,8 @@ Growth protocol (why a kill after any write, or a second run, can neither lose l
 4. A feature's data array is created with its provenance in the same write, then its mask array; a feature
    whose mask array is missing has no rows. A row's mask is written only after its data (each as one
    atomic shard write), and a row counts as present only if its mask has a True. Features are never
-   rewritten with other values: rows only go from absent to present.
+   rewritten with other values: rows only go from absent to present. Readers therefore read a row's mask
+   before its data (training/data.py): data read after a True mask is the written data, never the fill value.
 5. Statistics are marked incomplete before they change and complete (with their counts) last; incomplete
    statistics read as absent and are recomputed.
 6. The consolidated metadata (for `xarray.open_zarr`) is refreshed at the end of a run; our own reads never

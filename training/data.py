@@ -132,10 +132,13 @@ def load_clips(store: FeatureStore, partitions: Sequence[str], encoders: Sequenc
     logmel = np.nan_to_num(logmel, nan=0.0, posinf=0.0, neginf=0.0)
     visual, visual_valid, available = [], [], [np.ones(len(rows), dtype=bool)]
     for name in encoders[1:]:
+        # Mask first, then data: a writer (readers take no lock) writes a row's data before its mask and never
+        # rewrites it, so a row whose mask was True when read has its data in place for the read that follows.
+        # Read the other way round, a row written in between counts as present with its data still the fill value.
+        frame_mask = store.mask(name)[rows]
         data = np.nan_to_num(_read_rows(store, name, rows).astype(np.float32), nan=0.0)
         if name in stats:
             data = _standardise(data, stats[name])
-        frame_mask = store.mask(name)[rows]
         avail = frame_mask.any(axis=1)
         data[~frame_mask] = 0.0
         visual.append(torch.from_numpy(data).to(device=device, dtype=dtype))
