@@ -16,7 +16,8 @@ seconds); ids may start with `-` and contain `_`. Synthetic soundscapes (`123.wa
 Reading: one physical line is one row, cells split at tabs, no quoting (a `"` is never part of a name or a
 class, so quotes at a cell's edge are dropped); a UTF-8 BOM and LF / CRLF / CR line ends are accepted. A file
 that is missing, empty, not UTF-8 or lacks its header line is a `ManifestError` (one line: file, cause, what
-to do); a bad data line is a `ManifestProblem` naming file, line and clip, and only that clip is left out.
+to do); a bad data line is a `ManifestProblem` naming file, line and clip, and only that clip is left out. An event
+reaching before 0 or past the clip's end (25 s on a 10-s clip) is clipped to the clip and recorded as a problem.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from pipeline.classes import DESED_CLASSES, UnknownClassError, class_index
 from pipeline.errors import AvsedError
-from pipeline.labels import Event
+from pipeline.labels import ClipTiming, Event
 
 SUPERVISION = ("strong", "weak", "unlabelled")
 
@@ -156,9 +157,25 @@ def _read_rows(path: Path, expected: list[str]) -> list[tuple[int, list[str]]]:
     return [(i + 2, [_cell(c) for c in ln.split("\t")]) for i, ln in enumerate(lines[1:]) if ln.strip()]
 
 
+def _clip_duration(name: str, clip_seconds: float) -> float:
+    """Seconds of a clip as its name gives them (DESED's recorded clips), else the clip grid's length."""
+    segment = parse_clip_name(name)
+    return segment.end - segment.start if segment else clip_seconds
+
+
+def _within_clip(event: Event, name: str, clip_seconds: float) -> Event:
+    """The event with its times clipped to the clip (0 .. its duration): an annotation cannot reach outside the
+    audio it annotates. Onset >= offset afterwards means it lies wholly outside."""
+    end = _clip_duration(name, clip_seconds)
+    return Event(min(max(event.onset, 0.0), end), min(max(event.offset, 0.0), end), event.label)
+
+
 def read_partition(spec: PartitionSpec, metadata_root: Path, audio_root: Path,
-                   classes: tuple[str, ...] = DESED_CLASSES) -> Manifest:
-    """Read one partition's tsv. Bad lines become `ManifestProblem`s and their clip is left out."""
+                   classes: tuple[str, ...] = DESED_CLASSES,
+                   clip_seconds: float = ClipTiming.clip_seconds) -> Manifest:
+    """Read one partition's tsv. Bad lines become `ManifestProblem`s and their clip is left out; an event that
+    starts before 0 or ends after the clip's duration (from its name, else `clip_seconds`) is clipped to the clip
+    (dropped if wholly outside) and recorded as a problem, and its clip is kept."""
     path = Path(metadata_root) / spec.metadata
     expected = {"strong": _STRONG_COLUMNS, "weak": ["filename", "event_labels"], "unlabelled": ["filename"]}[spec.supervision]
     rows = _read_rows(path, expected)
@@ -183,10 +200,17 @@ def read_partition(spec: PartitionSpec, metadata_root: Path, audio_root: Path,
                 if not (onset_s or offset_s or label):
                     continue  # a clip without events
                 onset, offset = float(onset_s), float(offset_s)
-                if not (0.0 <= onset < offset):
-                    raise ValueError(f"onset {onset_s} / offset {offset_s} is not 0 <= onset < offset")
+                if not onset < offset:
+                    raise ValueError(f"onset {onset_s} / offset {offset_s} is not onset < offset")
                 class_index(label, classes)
-                events[name].append(Event(onset, offset, label))
+                event = _within_clip(Event(onset, offset, label), name, clip_seconds)
+                if event != Event(onset, offset, label):
+                    kept = f"clipped to {event.onset:g}-{event.offset:g} s" if event.onset < event.offset else "left out"
+                    out.problems.append(ManifestProblem(str(path), line, name, (
+                        f"event {label} {onset_s}-{offset_s} s lies partly or wholly outside the clip "
+                        f"(0-{_clip_duration(name, clip_seconds):g} s): {kept}; the clip is kept")))
+                if event.onset < event.offset:
+                    events[name].append(event)
             elif spec.supervision == "weak":
                 if len(row) < 2:
                     raise ValueError("expected 2 columns (filename, event_labels)")
@@ -223,13 +247,14 @@ def read_partition(spec: PartitionSpec, metadata_root: Path, audio_root: Path,
 def read_manifest(metadata_root: str | Path, audio_root: str | Path,
                   partitions: tuple[PartitionSpec, ...] = DESED_2020_PARTITIONS,
                   classes: tuple[str, ...] = DESED_CLASSES,
-                  skip_missing_partitions: bool = False) -> Manifest:
+                  skip_missing_partitions: bool = False,
+                  clip_seconds: float = ClipTiming.clip_seconds) -> Manifest:
     """All partitions, in order. A clip name that appears in two partitions is a problem for both."""
     merged = Manifest()
     seen: dict[str, str] = {}
     for spec in partitions:
         try:
-            part = read_partition(spec, Path(metadata_root), Path(audio_root), classes)
+            part = read_partition(spec, Path(metadata_root), Path(audio_root), classes, clip_seconds)
         except ManifestError:
             if skip_missing_partitions and not (Path(metadata_root) / spec.metadata).exists():
                 continue
