@@ -42,16 +42,33 @@ def save_checkpoints(out_dirs: Sequence[Path], payloads: Sequence[dict[str, Any]
         os.replace(Path(d) / PENDING, Path(d) / CHECKPOINT)
 
 
-def _load(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+class BadCheckpoint(RunMismatch):
+    """A checkpoint file cannot be read (truncated, overwritten, not a checkpoint at all)."""
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint file's payload; `BadCheckpoint` (one line: the file, the cause, what to do) if it cannot be
+    read. torch.load fails in many ways on a damaged file (zip reader, unpickler, EOF), none of them a bug here."""
+    path = Path(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - every way a damaged file fails to load is the same user problem
+        cause = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+        raise BadCheckpoint(f"{path}: cannot be read as a checkpoint ({cause}); the file is truncated or is not a "
+                            f"checkpoint (a copy cut short, a full disk?): restore it from a copy, or delete it and "
+                            f"train the run again into a new directory") from None
+    if not isinstance(payload, dict) or "step" not in payload:
+        raise BadCheckpoint(f"{path}: holds a {type(payload).__name__}, not a training checkpoint (no step); point "
+                            f"at a run directory's {CHECKPOINT}, or train the run again")
+    return payload
 
 
 def load_checkpoints(out_dirs: Sequence[Path]) -> list[dict[str, Any] | None]:
     """Each directory's checkpoint (None where there is none) after finishing or discarding an interrupted
     group write (see the module docstring)."""
     dirs = [Path(d) for d in out_dirs]
-    current = [_load(d / CHECKPOINT) if (d / CHECKPOINT).exists() else None for d in dirs]
-    pending = [_load(d / PENDING) if (d / PENDING).exists() else None for d in dirs]
+    current = [read_checkpoint(d / CHECKPOINT) if (d / CHECKPOINT).exists() else None for d in dirs]
+    pending = [read_checkpoint(d / PENDING) if (d / PENDING).exists() else None for d in dirs]
     if any(p is not None for p in pending):
         target = max(p["step"] for p in pending if p is not None)
         complete = all((p is not None and p["step"] == target) or (c is not None and c["step"] == target)

@@ -18,7 +18,7 @@ import torch
 
 from pipeline.labels import ClipTiming, Event
 from pipeline.store import FeatureStore
-from training.checkpoint import RunMismatch
+from training.checkpoint import RunMismatch, read_checkpoint
 from training.config import AUDIO_STREAM, TrainConfig
 from training.data import load_clips
 from training.fusion import resolve_weights
@@ -63,8 +63,8 @@ def load_checkpoint(path: str | Path) -> dict:
     if path.is_dir():
         path = path / CHECKPOINT
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no checkpoint")
-    return torch.load(path, map_location="cpu", weights_only=False)
+        raise RunMismatch(f"{path}: no checkpoint; point at a trained run's directory or its {CHECKPOINT}")
+    return read_checkpoint(path)
 
 
 @torch.no_grad()

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from pipeline.store import FeatureStore
-from training.checkpoint import CHECKPOINT, FORMAT, RunMismatch, load_checkpoints, save_checkpoints
+from training.checkpoint import CHECKPOINT, FORMAT, RunMismatch, load_checkpoints, read_checkpoint, save_checkpoints
 from training.cnn import CNNFrontEnd
 from training.config import TrainConfig
 from training.data import ClipSet, load_clips
@@ -95,7 +95,7 @@ def train(store_path: str | Path, config: TrainConfig | dict | str | Path | None
     if config is None:
         if not (resume and (out_dir / CHECKPOINT).exists()):
             raise RunMismatch("train() needs a config unless it resumes from a checkpoint")
-        seed = int(torch.load(out_dir / CHECKPOINT, map_location="cpu", weights_only=False)["config"]["seed"])
+        seed = int(read_checkpoint(out_dir / CHECKPOINT)["config"]["seed"])
     else:
         config = as_config(config)
         seed = config.seed
