@@ -228,25 +228,36 @@ def cmd_paper(args: argparse.Namespace) -> int:
     options = dict(store=args.store, out_dir=args.out, seeds=list(args.seeds),
                    architectures=[a.strip() for a in args.architectures.split(",") if a.strip()],
                    train_audio_weights=list(args.train_audio_weights),
-                   features=[f.strip() for f in args.features.split(",")] if args.features else None,
+                   features=[f for f in _csv(args.features) if f != "none"] if args.features else None,
                    plots=not args.no_plots, device=args.device or "auto",
                    inference_audio_weights=list(args.inference_audio_weights),
                    learned_modes=[] if args.learned == ["none"] else list(args.learned))
+    if args.work_pool:
+        import os
+
+        from avsed.config import ConfigError
+
+        if args.engine != "prefect" or not os.environ.get("PREFECT_API_URL"):
+            raise ConfigError("--work-pool: set PREFECT_API_URL to the server the pool's workers poll (and keep "
+                              "--engine prefect): the grid submits its units there")
+        options.update(work_pool=args.work_pool, deployment=args.deployment, in_flight=args.in_flight)
     if args.engine == "prefect":
         from flows import in_process_defaults
 
         in_process_defaults()
         from flows.paper import paper_flow
 
-        summary = paper_flow(**options, base=base)
+        summary = paper_flow(**options, base=base, group_size=args.group_size)
     else:
-        from training.paper import run_paper, summary_of
+        from grid.run import run_paper, summary_of
 
-        summary = summary_of(run_paper(**options, base=base))
+        summary = summary_of(run_paper(**options, base=base, group_size=args.group_size))
     print(f"trained {summary['trained_runs']} runs, evaluated {summary['evaluated_runs']} runs "
           f"({len(summary['entries'])} models x {len(options['seeds'])} seeds)")
     print(Path(summary["tables"]["markdown"]).read_text())
-    return 0
+    for line in summary["failed"]:
+        print(f"failed: {line}")
+    return 1 if summary["failed"] else 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -367,7 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a count (20: seeds 0-19, the paper's; as `avsed train --seeds 20`) or seeds like 0-4, "
                         "0,2, 5-5")
     s.add_argument("--architectures", default="transformer,conformer", help="comma separated")
-    s.add_argument("--features", help="visual features to use (default vgg16,openl3,tce; absent ones are skipped)")
+    s.add_argument("--features", help="visual features to use (default vgg16,openl3,tce; absent ones are "
+                                      "skipped; none: the audio-only models alone)")
     s.add_argument("--train-audio-weights", default="0.75", type=_floats,
                    help="training audio weights of the fixed-weight models, comma separated; with several, each "
                         "row shows the one with the best validation EBF1 (the paper tried 0.25,0.5,0.75,0.875)")
@@ -383,6 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-plots", action="store_true", help="skip the per-run evaluation plots (tables still get PNGs)")
     s.add_argument("--engine", choices=("prefect", "plain"), default="prefect",
                    help="prefect: the `paper` flow in-process; plain: the same steps without Prefect")
+    s.add_argument("--work-pool", help="submit each model's training and each run's evaluation to this Prefect "
+                                       "work pool's train/evaluate deployments (workers on the GPUs run them; "
+                                       "needs PREFECT_API_URL); default: run them in this process")
+    s.add_argument("--deployment", help="with --work-pool: the deployment name, where the pool has several")
+    s.add_argument("--in-flight", type=int, default=16, help="with --work-pool: units submitted at once at most")
+    s.add_argument("--group-size", type=int, help="seeds of a model trained together in one unit (default: all)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
     s.set_defaults(func=cmd_paper)
 

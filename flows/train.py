@@ -25,6 +25,7 @@ from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows import quiet_expected_errors, retry_unless_expected
+from grid.runs import train_runs
 from training.cli import seed_dir
 from training.config import TrainConfig, resolve_train_config
 
@@ -127,12 +128,11 @@ def _last_validation(history: list[dict[str, Any]]) -> dict[str, Any] | None:
 @task(name="train-seeds", task_run_name="train-seeds[{label}]", cache_policy=NO_CACHE, retries=1,
       retry_delay_seconds=10, retry_condition_fn=retry_unless_expected)
 def train_seeds_task(store: str, config: dict[str, Any], runs: dict[int, str], label: str) -> list[dict[str, Any]]:
-    from training.train import train_group
-
     cfg = TrainConfig.from_dict(config)
     with TrainingProgress(runs, cfg.total_steps):
-        # resume=True: a retried or re-run task continues from the last checkpoints instead of starting over.
-        results = train_group(store, cfg, {int(s): d for s, d in runs.items()}, resume=True)
+        # The runs are claimed first (two workers never write one run; a dead worker's claim is taken over), and
+        # resumed: a retried, re-run or re-submitted task continues from the last checkpoints, bit-exactly.
+        results = train_runs(store, cfg, {int(s): d for s, d in runs.items()}, purpose=f"training {label}")
     return [{"seed": int(s), "out_dir": str(r.out_dir), "steps": r.steps, "trained_steps": r.trained_steps,
              "last_losses": r.last_losses, "samples_per_second": r.samples_per_second,
              "validation": _last_validation(r.history)}

@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from evaluation.evaluate import METRICS
-from training.paper_tables import METRIC_COLUMNS, _row_groups, markdown, metric_rows, plot_rows
+from grid.plan import LEARNED_TABLE
+from grid.tables import METRIC_COLUMNS, markdown, metric_rows, plot_rows, row_groups
 
 if TYPE_CHECKING:
-    from training.paper import PaperRun, RunRecord
+    from grid.runs import PaperRun, RunRecord
 
 TITLE = ("Beyond the paper: learned interpolation weights beside fixed and random ones (values in %, mean ± std "
          "over seeds; learned models choose their weights per clip, so no inference audio weight is tuned)")
@@ -57,8 +58,6 @@ def _visual_weight(record: "RunRecord", subset: str) -> float | None:
 
 
 def _learned_models(paper: "PaperRun") -> list[tuple[str, str, tuple[str, ...]]]:
-    from training.paper import LEARNED_TABLE
-
     seen: dict = {}
     for e in paper.entries:
         if e.table == LEARNED_TABLE:
@@ -68,9 +67,7 @@ def _learned_models(paper: "PaperRun") -> list[tuple[str, str, tuple[str, ...]]]
 
 def comparison_rows(paper: "PaperRun") -> list[dict]:
     """Per learned model: its fixed, random and learned rows, in that order (METRIC_COLUMNS keys)."""
-    from training.paper import LEARNED_TABLE
-
-    learned = _row_groups(paper, LEARNED_TABLE)
+    learned = row_groups(paper, LEARNED_TABLE)
     paper_rows = {t: metric_rows(paper, t) for t in ("5", "6", "8")}
     rows = []
     for arch, label, encoders in _learned_models(paper):
@@ -92,11 +89,9 @@ def comparison_rows(paper: "PaperRun") -> list[dict]:
 
 def comparison_split_rows(paper: "PaperRun") -> list[dict]:
     """The same models on the eval clips with and without video (means), learned ones with their visual weight."""
-    from training.paper import LEARNED_TABLE
-
     groups = {}
     for table in ("5", "6", "8", LEARNED_TABLE):
-        groups.update(_row_groups(paper, table))
+        groups.update(row_groups(paper, table))
     rows = []
     for arch, label, encoders in _learned_models(paper):
         for (a, l, scheme), records in groups.items():
@@ -142,7 +137,7 @@ def _split_markdown(rows: list[dict]) -> str:
 
 
 def write_learned_tables(paper: "PaperRun", out_dir: str | Path) -> dict[str, Path]:
-    """Append the comparison to out_dir/tables.md (written by paper_tables.write_tables just before) and write
+    """Append the comparison to out_dir/tables.md (written by grid.tables.write_tables just before) and write
     tableL.csv, tableL_split.csv and tableL.png; nothing when the grid has no learned-weight model."""
     out_dir = Path(out_dir)
     rows = comparison_rows(paper)

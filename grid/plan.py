@@ -1,4 +1,4 @@
-"""The paper's experiment grid (Tables 5, 6, 7 and 8) as data, and the runner that trains and evaluates it.
+"""The paper's experiment grid (Tables 5, 6, 7 and 8) as data: its models, and the units of work they split into.
 
 `paper_grid(...)` lists every model of the tables that the store's features allow: per architecture the
 uni-encoder baseline and a bi-encoder per visual embedding with fixed interpolation weights (Table 5), the
@@ -6,32 +6,19 @@ bi-encoders with random training weights (Table 6) and the OpenL3 + TCE tri-enco
 (Table 8); Table 7 re-reads Table 5's runs split by video availability. A model's training interpolation
 weights come from a scheme in `WEIGHT_SCHEMES` (a registry). Beyond the paper, each bi- and tri-encoder also gets
 learned, data-dependent weights (schemes `learned` and, when asked for, `learned_frame`: training/gate.py), tabulated
-beside its fixed and random weights (training/paper_learned.py).
-
-`run_paper(...)` trains each model's seeds together (training.train.train_group), evaluates every run as the
-paper does (evaluation.run.evaluate_checkpoint: post-processing tuned on validation; the inference audio weight
-chosen on validation EBF1 among 0.25 / 0.5 / 0.75 / 0.875 for every multi-encoder model; eval split with and
-without video plus the forced audio-only set) and writes the tables (training/paper_tables.py). A run whose
-checkpoint reached the schedule's end is not trained again, and a run with an evaluation of that very checkpoint
-file (its modification time and size are recorded) is not evaluated again, so a killed grid continues where it stopped and a rerun only rewrites the tables.
+beside its fixed and random weights (grid/learned.py). `grid_units(...)` cuts the grid into the units a worker
+trains at once: the seeds of one model, in groups of at most `group_size`.
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-import torch
-
-from evaluation.evaluate import EvaluationResult
-from evaluation.run import PAPER_AUDIO_WEIGHTS, evaluate_checkpoint
 from pipeline.store import FeatureStore
-from training.checkpoint import CHECKPOINT
-from training.cli import seed_dir
+from training.cli import parse_seeds, seed_dir
 from training.config import AUDIO_STREAM, TrainConfig, TrainConfigError, merge_settings
-from training.train import train_group
 
 VISUAL_FEATURES = ("vgg16", "openl3", "tce")  # Table 5 / 6 rows, in the paper's order
 TRI_ENCODER = ("openl3", "tce")  # Table 8: VGG16 is not pursued further in the paper
@@ -69,7 +56,7 @@ WEIGHT_SCHEMES: dict[str, WeightScheme] = {
     "none": WeightScheme(_none), "fixed": WeightScheme(_fixed), "random": WeightScheme(_random),
     "learned": WeightScheme(_none, gate="clip"), "learned_frame": WeightScheme(_none, gate="frame")}
 LEARNED_SCHEMES = {"clip": "learned", "frame": "learned_frame"}  # gate mode -> scheme
-LEARNED_TABLE = "L"  # beyond the paper: learned weights beside fixed and random (training/paper_learned.py)
+LEARNED_TABLE = "L"  # beyond the paper: learned weights beside fixed and random (grid/learned.py)
 
 
 @dataclass(frozen=True)
@@ -138,59 +125,12 @@ def paper_grid(architectures: Sequence[str] = ("transformer", "conformer"), feat
     return entries
 
 
-@dataclass
-class RunRecord:
-    entry: GridEntry
-    seed: int
-    run_dir: Path
-    result: EvaluationResult | None = None
-
-
-@dataclass
-class PaperRun:
-    """What `run_paper` did and found."""
-
-    out_dir: Path
-    entries: list[GridEntry]
-    missing_features: list[str]
-    runs: list[RunRecord] = field(default_factory=list)
-    trained_runs: int = 0  # runs that trained at least one step in this call
-    evaluated_runs: int = 0  # runs evaluated in this call
-    tables: dict[str, Path] = field(default_factory=dict)
-
-
-def _checkpoint_step(run_dir: Path) -> int | None:
-    path = run_dir / CHECKPOINT
-    if not path.exists():
-        return None
-    return int(torch.load(path, map_location="cpu", weights_only=False)["step"])
-
-
-def _checkpoint_identity(run_dir: Path) -> list[int]:
-    stat = (run_dir / CHECKPOINT).stat()
-    return [stat.st_mtime_ns, stat.st_size]
-
-
-def _evaluation_of(run_dir: Path) -> EvaluationResult | None:
-    """The run's paper evaluation if it was made from the checkpoint that is there now (a retrained run with the
-    same number of steps gets a new one)."""
-    path = run_dir / EVALUATION_FILE
-    if not path.exists():
-        return None
-    result = EvaluationResult.load(path)
-    return result if result.info.get("checkpoint_identity") == _checkpoint_identity(run_dir) else None
-
-
 def seeds_argument(value: str | int | Sequence[int]) -> list[int]:
-    """--seeds for the grid: a count ("20" -> seeds 0..19) or explicit seeds / ranges ("0-4", "0,2")."""
+    """--seeds for the grid: a count (20 -> seeds 0..19) or explicit seeds / ranges ("0-4", "0,2"), as everywhere."""
     if isinstance(value, int):
         return list(range(value))
     if not isinstance(value, str):
         return [int(s) for s in value]
-    if value.strip().isdigit():
-        return list(range(int(value)))
-    from training.cli import parse_seeds
-
     return parse_seeds(value)
 
 
@@ -215,72 +155,35 @@ def plan_paper(store: str | Path, architectures: Sequence[str], train_audio_weig
     return paper_grid(architectures, [f for f in wanted if f in have], train_audio_weights, learned_modes), missing
 
 
-def run_paper(store: str | Path, out_dir: str | Path, seeds: Sequence[int] = tuple(range(20)),
-              architectures: Sequence[str] = ("transformer", "conformer"), base: TrainConfig | dict | None = None,
-              train_audio_weights: Sequence[float] = (0.75,), features: Sequence[str] | None = None,
-              plots: bool = True, device: str = "auto", inference_audio_weights: Sequence[float] = PAPER_AUDIO_WEIGHTS,
-              log: Callable[[str], None] = print, learned_modes: Sequence[str] = ("clip",)) -> PaperRun:
-    """Train and evaluate the grid with the store's features, then write the tables into `out_dir` (with the
-    learned weights' table after the paper's)."""
-    from training.paper_learned import write_learned_tables
-    from training.paper_tables import write_tables
-
-    out_dir = Path(out_dir)
-    base = as_base_config(base)
-    entries, missing = plan_paper(store, architectures, train_audio_weights, features, learned_modes)
-    paper = PaperRun(out_dir, entries, missing)
-    if missing:
-        log(f"paper: the store has no {', '.join(missing)}: their rows are left out of the tables")
-    for n, entry in enumerate(entries, 1):
-        trained, records = train_entry(store, out_dir, entry, seeds, base)
-        paper.trained_runs += trained
-        for record in records:
-            evaluated = evaluate_run(store, record, plots=plots, device=device, audio_weights=inference_audio_weights)
-            paper.evaluated_runs += int(evaluated)
-        paper.runs += records
-        log(f"paper: [{n}/{len(entries)}] {entry.key}: {len(seeds)} seeds, trained {trained}, "
-            f"evaluated {sum(1 for r in records if r.result is not None)}")
-    paper.tables = write_tables(paper, out_dir)
-    paper.tables.update(write_learned_tables(paper, out_dir))
-    return paper
 
 
-def summary_of(paper: PaperRun) -> dict:
-    """A JSON-friendly account of a grid run (the flow's return value, the CLI's message)."""
-    return {"out_dir": str(paper.out_dir), "entries": [e.key for e in paper.entries],
-            "missing_features": paper.missing_features, "trained_runs": paper.trained_runs,
-            "evaluated_runs": paper.evaluated_runs, "tables": {k: str(v) for k, v in paper.tables.items()}}
+@dataclass(frozen=True)
+class Unit:
+    """What one worker does at once: train some seeds of one model together (one stacked group, one process),
+    or evaluate one run."""
+
+    kind: str  # "train" or "evaluate"
+    entry: GridEntry
+    seeds: tuple[int, ...]
+
+    @property
+    def name(self) -> str:
+        what = "+".join(str(s) for s in self.seeds)
+        return f"{self.kind}-{self.entry.key}-seed{what}"
+
+    def run_dirs(self, out_dir: str | Path) -> dict[int, Path]:
+        return {s: run_dir(out_dir, self.entry, s) for s in self.seeds}
 
 
-def train_entry(store: str | Path, out_dir: Path, entry: GridEntry, seeds: Sequence[int],
-                base: TrainConfig) -> tuple[int, list[RunRecord]]:
-    """Train the entry's unfinished seeds together; returns how many runs trained and a record per seed."""
-    config = entry.config(base)
-    dirs = {int(s): seed_dir(out_dir / "runs" / entry.key, s) for s in seeds}
-    todo = {s: d for s, d in dirs.items() if (_checkpoint_step(d) or 0) < config.total_steps}
-    trained = 0
-    if todo:
-        results = train_group(store, config, todo, resume=True)
-        trained = sum(1 for r in results if r.trained_steps > 0)
-    return trained, [RunRecord(entry, s, d) for s, d in dirs.items()]
+def run_dir(out_dir: str | Path, entry: GridEntry, seed: int) -> Path:
+    """runs/<model>/seed<k> under the grid's output folder."""
+    return seed_dir(Path(out_dir) / "runs" / entry.key, seed)
 
 
-def evaluate_run(store: str | Path, record: RunRecord, plots: bool = True, device: str = "auto",
-                 audio_weights: Sequence[float] = PAPER_AUDIO_WEIGHTS) -> bool:
-    """Evaluate a run as the paper does unless its checkpoint already has an evaluation; True if evaluated.
-    `audio_weights`: the inference audio weights a multi-encoder model chooses from on validation EBF1."""
-    if not (record.run_dir / CHECKPOINT).exists():
-        raise FileNotFoundError(f"{record.run_dir}: no checkpoint to evaluate")
-    record.result = _evaluation_of(record.run_dir)
-    if record.result is not None:
-        return False
-    identity = _checkpoint_identity(record.run_dir)
-    grid = tuple(audio_weights) if len(record.entry.encoders) > 1 else None
-    out = record.run_dir / EVALUATION_FILE.parent
-    ev = evaluate_checkpoint(record.run_dir, store, out if plots else None, split_by_availability=True,
-                             audio_weight_grid=grid, device=device)
-    ev.result.info["paper_entry"] = json.loads(json.dumps(record.entry.__dict__))
-    ev.result.info["checkpoint_identity"] = identity  # modification time and size of the checkpoint evaluated
-    ev.result.save(out / EVALUATION_FILE.name)
-    record.result = ev.result
-    return True
+def grid_units(entries: Sequence[GridEntry], seeds: Sequence[int], group_size: int | None = None) -> list[Unit]:
+    """The training units of the grid, model by model: each model's seeds in consecutive groups of `group_size`
+    (None: all of them, one group; training.train.train_group still splits a group by `group_seeds` on the
+    device, so a unit of 20 seeds on one GPU trains 4 at a time with the default)."""
+    size = max(1, int(group_size)) if group_size else max(1, len(seeds))
+    seeds = [int(s) for s in seeds]
+    return [Unit("train", entry, tuple(seeds[i:i + size])) for entry in entries for i in range(0, len(seeds), size)]

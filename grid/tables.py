@@ -1,4 +1,4 @@
-"""The paper's Tables 5-8 from the evaluated grid (training/paper.py): Markdown, CSV and PNG.
+"""The paper's Tables 5-8 from the evaluated grid (grid/plan.py, grid/run.py): Markdown, CSV and PNG.
 
 Tables 5, 6 and 8: one row per architecture and model, the five metrics in % as mean ± std over seeds (the
 paper reports 20 seeds); Table 7: the uni-encoder and fixed-weight bi-encoders on the eval clips with video,
@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from evaluation.evaluate import METRICS
+from grid.plan import FEATURE_LABELS, TRI_ENCODER, VISUAL_FEATURES
 
 if TYPE_CHECKING:
-    from training.paper import PaperRun, RunRecord
+    from grid.runs import PaperRun, RunRecord
 
 TABLES = {
     "5": "Table 5: uni- and bi-encoder models (fixed interpolation weights)",
@@ -63,7 +64,8 @@ def _chosen(records: list["RunRecord"]) -> list["RunRecord"]:
     return max(by_weight.values(), key=score)
 
 
-def _row_groups(paper: "PaperRun", table: str) -> dict[tuple, list["RunRecord"]]:
+def row_groups(paper: "PaperRun", table: str) -> dict[tuple, list["RunRecord"]]:
+    """A table's runs by row (architecture, model, scheme), of the chosen training weight."""
     groups: dict[tuple, list] = {}
     for r in paper.runs:
         if r.entry.table == table:
@@ -80,9 +82,7 @@ def _inference_weights(records: list["RunRecord"]) -> str:
 
 def metric_rows(paper: "PaperRun", table: str) -> list[dict]:
     """Rows of Table 5, 6 or 8 in the paper's order, with missing-feature rows marked."""
-    from training.paper import FEATURE_LABELS, TRI_ENCODER, VISUAL_FEATURES
-
-    groups = _row_groups(paper, table)
+    groups = row_groups(paper, table)
     rows = []
     archs = list(dict.fromkeys(e.architecture for e in paper.entries)) or []
     for arch in archs:
@@ -113,7 +113,7 @@ def metric_rows(paper: "PaperRun", table: str) -> list[dict]:
 def split_rows(paper: "PaperRun") -> list[dict]:
     """Table 7: Table 5's audio-only and fixed-weight models on each eval subset (means over seeds)."""
     rows = []
-    for (arch, label, scheme), records in _row_groups(paper, "5").items():
+    for (arch, label, scheme), records in row_groups(paper, "5").items():
         for key, name in SPLITS:
             results = [r.result for r in records if r.result is not None and key in r.result.sets]
             if not results:

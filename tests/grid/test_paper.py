@@ -16,10 +16,9 @@ import torch
 from evaluation.evaluate import METRICS, EvaluationResult
 from training.checkpoint import CHECKPOINT
 from training.config import GateConfig, TrainConfigError
-from training.paper import paper_grid
-
-from .conftest import small_config
-from .test_group import tiny_model
+from grid.plan import paper_grid
+from tests.training.conftest import small_config, synthetic_store  # noqa: F401 - the session fixture, shared
+from tests.training.test_group import tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 METRIC_HEADER = ["architecture", "model", "training weights", "inference audio weight", "seeds", "cbf1_mean",
@@ -154,8 +153,8 @@ def test_tables_keep_the_papers_row_order_for_both_architectures(tmp_path):
     weight chosen by validation EBF1 when several were run."""
     from evaluation.evaluate import SetResult, Tuning
     from evaluation.tuning import TunedPostprocessing
-    from training.paper import PaperRun, RunRecord
-    from training.paper_tables import metric_rows, split_rows, write_tables
+    from grid.runs import PaperRun, RunRecord
+    from grid.tables import metric_rows, split_rows, write_tables
 
     grid = paper_grid(["transformer", "conformer"], ["openl3"], train_audio_weights=(0.5, 0.75))
 
@@ -187,6 +186,6 @@ def test_tables_keep_the_papers_row_order_for_both_architectures(tmp_path):
 
 @pytest.mark.parametrize("value,seeds", [("3", [0, 1, 2]), ("2-4", [2, 3, 4]), ("0,7", [0, 7])])
 def test_paper_seeds_option(value, seeds):
-    from training.paper import seeds_argument
+    from grid.plan import seeds_argument
 
     assert seeds_argument(value) == seeds

@@ -1,0 +1,157 @@
+"""The grid's units as flow runs of the `train` and `evaluate` deployments of a Prefect work pool: workers (one per
+GPU) pull them, and this process only submits, watches and re-submits (grid/run.py decides what and when).
+
+Each poll reads the states of the units in flight in one request. A unit's flow run that failed with an expected
+error (an `AvsedError`: a bad configuration, a run directory holding another config) is refused for good; one
+that crashed, or that failed otherwise, is lost and submitted again. A unit whose worker died outright (a machine
+lost, a SIGKILL: its flow run stays Running on the server for ever) is found by its runs' claims
+(grid/claim.py): the claim names the flow run and its holder, and a dead holder's flow run is marked Crashed and
+its unit submitted again; the new flow run takes the dead claim over and resumes from the last checkpoints.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+from typing import Any, Hashable, Sequence
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId,
+                                            WorkPoolFilter, WorkPoolFilterName)
+from prefect.deployments import run_deployment
+from prefect.states import Crashed
+
+from grid.claim import LEASE_S, describe, holder_alive, read_claim
+from grid.plan import Unit, run_dir
+from grid.run import GridSpec, Outcome
+from pipeline.errors import AvsedError
+
+TRAIN_FLOW, EVALUATE_FLOW = "train", "evaluate"
+_EXCEPTION = re.compile(r"exception:\s*(\w+):\s*(.*)", re.S)
+
+
+class PoolError(AvsedError):
+    """The work pool or its deployments are not there as the grid needs them."""
+
+
+def _expected_names() -> set[str]:
+    names, todo = set(), [AvsedError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return names
+
+
+def outcome_of(state) -> Outcome | None:
+    """The outcome of a final flow-run state (None while it is not final)."""
+    if state is None or not state.is_final():
+        return None
+    if state.is_completed():
+        return Outcome("done")
+    message = state.message or state.name
+    m = _EXCEPTION.search(message or "")
+    if state.is_failed() and m and m[1] in _expected_names():
+        return Outcome("refused", m[2].strip().splitlines()[0])
+    if state.is_cancelled():
+        return Outcome("refused", f"cancelled ({message})")
+    return Outcome("lost", f"{state.name}: {message}" if message else state.name)
+
+
+def pool_deployments(work_pool: str, deployment: str | None = None) -> dict[str, str]:
+    """The `train` and `evaluate` deployments of the work pool ("flow/deployment" names); `deployment` picks one
+    name where the pool has several."""
+    with get_client(sync_client=True) as client:
+        found = client.read_deployments(work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[work_pool])),
+                                        flow_filter=FlowFilter(name=FlowFilterName(any_=[TRAIN_FLOW, EVALUATE_FLOW])))
+        flows = {f.id: f.name for f in client.read_flows(flow_filter=FlowFilter(
+            name=FlowFilterName(any_=[TRAIN_FLOW, EVALUATE_FLOW])))}
+    names: dict[str, list[str]] = {TRAIN_FLOW: [], EVALUATE_FLOW: []}
+    for d in found:
+        if deployment is None or d.name == deployment:
+            names[flows[d.flow_id]].append(f"{flows[d.flow_id]}/{d.name}")
+    for flow, have in names.items():
+        if not have:
+            raise PoolError(f"work pool {work_pool!r}: no `{flow}` deployment"
+                            f"{' named ' + repr(deployment) if deployment else ''}; deploy them from the repository "
+                            f"with `prefect deploy --all --pool {work_pool}` (prefect.yaml)")
+        if len(have) > 1:
+            raise PoolError(f"work pool {work_pool!r} has several `{flow}` deployments ({', '.join(sorted(have))}); "
+                            f"name one with --deployment")
+    return {flow: have[0] for flow, have in names.items()}
+
+
+def unit_parameters(unit: Unit, spec: GridSpec) -> dict[str, Any]:
+    """The flow-run parameters of a unit (flows/train.py's `train`, flows/evaluate.py's `evaluate`)."""
+    if unit.kind == "train":
+        return {"store": spec.store, "out_dir": str(Path(spec.out_dir) / "runs" / unit.entry.key),
+                "config": spec.config(unit.entry).to_dict(), "seeds": list(unit.seeds)}
+    seed = unit.seeds[0]
+    return {"store": spec.store, "run_dir": str(run_dir(spec.out_dir, unit.entry, seed)),
+            "entry": {**unit.entry.__dict__, "encoders": list(unit.entry.encoders)}, "plots": spec.plots,
+            "device": spec.device,
+            "audio_weights": list(spec.audio_weights) if len(unit.entry.encoders) > 1 else None}
+
+
+class PoolExecutor:
+    """Submits units as flow runs of the pool's deployments and reports how they ended (grid/run.py's Executor)."""
+
+    def __init__(self, deployments: dict[str, str], lease_s: float = LEASE_S, poll_s: float = 2.0,
+                 tags: Sequence[str] = ("avsed-grid",)):
+        self.deployments, self.lease_s, self.poll_s, self.tags = deployments, lease_s, poll_s, list(tags)
+        self._runs: dict[Any, tuple[Unit, GridSpec]] = {}
+        self._active_since: dict[Any, float] = {}  # when this process first saw the run past Scheduled
+        self.submitted = self.polls = self.most_in_flight = 0
+
+    def submit(self, unit: Unit, spec: GridSpec, attempt: int) -> Hashable:
+        run = run_deployment(self.deployments[TRAIN_FLOW if unit.kind == "train" else EVALUATE_FLOW],
+                             parameters=unit_parameters(unit, spec), timeout=0, tags=self.tags,
+                             flow_run_name=f"{unit.name}" + (f"-attempt{attempt + 1}" if attempt else ""))
+        self._runs[run.id] = (unit, spec)
+        self.submitted += 1
+        self.most_in_flight = max(self.most_in_flight, len(self._runs))
+        return run.id
+
+    def wait(self, handles: Sequence[Hashable], timeout: float) -> list[tuple[Hashable, Outcome]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            finished = self._poll(handles)
+            if finished or time.monotonic() >= deadline:
+                return finished
+            time.sleep(min(self.poll_s, max(0.0, deadline - time.monotonic())))
+
+    def _poll(self, handles: Sequence[Hashable]) -> list[tuple[Hashable, Outcome]]:
+        self.polls += 1
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(handles))),
+                                         limit=len(handles))
+            finished = []
+            for run in runs:
+                outcome = outcome_of(run.state)
+                if outcome is None:
+                    dead = self._dead_holder(run)
+                    if dead is None:
+                        continue
+                    client.set_flow_run_state(run.id, Crashed(message=f"avsed grid: {dead}"), force=True)
+                    outcome = Outcome("lost", dead)
+                finished.append((run.id, outcome))
+                self._runs.pop(run.id, None)
+                self._active_since.pop(run.id, None)
+            return finished
+
+    def _dead_holder(self, run) -> str | None:
+        """Why the run's worker is dead (None while it may be alive): its claim's holder is gone, or it has been
+        Pending or Running for a whole lease without claiming its runs."""
+        if run.state is None or run.state.is_scheduled():
+            return None
+        unit, spec = self._runs[run.id]
+        since = self._active_since.setdefault(run.id, time.monotonic())
+        claims = [read_claim(d) for d in unit.run_dirs(spec.out_dir).values()]
+        mine = [c for c in claims if c and c.get("flow_run") == str(run.id)]
+        for claim in mine:
+            if not holder_alive(claim, self.lease_s):
+                return f"its worker died ({describe(claim)} is gone)"
+        if not mine and time.monotonic() - since > self.lease_s:
+            return f"{run.state.name} for {self.lease_s:.0f} s without claiming its runs (its worker is gone)"
+        return None

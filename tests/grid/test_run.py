@@ -1,0 +1,157 @@
+"""The grid's orchestration without training (a fake executor, run directories read by a stub): at most `window`
+units in flight over a paper-sized grid, every run trained once and evaluated once, a lost unit submitted again,
+a refused one failing as one line while the rest goes on; and the run directories' claims."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from grid.claim import CLAIM, TAKEOVERS, RunClaimed, claim_run, claimed, holder_alive, read_claim
+from grid.plan import grid_units, paper_grid
+from grid.run import REPORT, GridSpec, Outcome, RunReader, run_grid
+from tests.training.conftest import small_config
+
+
+class FakePool:
+    """Finishes the oldest unit in flight at each wait; `fate(unit, attempt)` says how it ends."""
+
+    def __init__(self, reader: "DiskStub", fate=lambda unit, attempt: "done"):
+        self.reader, self.fate = reader, fate
+        self.in_flight: dict[int, tuple] = {}
+        self.most = 0
+        self.submitted: list[str] = []
+
+    def submit(self, unit, spec, attempt):
+        handle = len(self.submitted)
+        self.submitted.append(unit.name)
+        self.in_flight[handle] = (unit, attempt)
+        self.most = max(self.most, len(self.in_flight))
+        return handle
+
+    def wait(self, handles, timeout):
+        handle = min(handles)
+        unit, attempt = self.in_flight.pop(handle)
+        fate = self.fate(unit, attempt)
+        if fate == "done":
+            for s in unit.seeds:
+                (self.reader.evaluated_runs if unit.kind == "evaluate" else self.reader.trained_runs).add(
+                    (unit.entry.key, s))
+            return [(handle, Outcome("done"))]
+        if fate == "refused":
+            return [(handle, Outcome("refused", "RunMismatch: the run holds another config"))]
+        return [(handle, Outcome("lost", "its worker died"))]
+
+
+class DiskStub(RunReader):
+    def __init__(self):
+        self.trained_runs, self.evaluated_runs = set(), set()
+
+    def trained(self, path: Path, total_steps: int) -> bool:
+        return (path.parent.name, int(path.name[4:])) in self.trained_runs
+
+    def evaluated(self, path: Path) -> bool:
+        return (path.parent.name, int(path.name[4:])) in self.evaluated_runs
+
+
+def _spec(tmp_path) -> GridSpec:
+    return GridSpec("store", tmp_path, small_config(["logmel"]), plots=False)
+
+
+def test_a_paper_sized_grid_keeps_at_most_window_units_in_flight(tmp_path):
+    entries = paper_grid(["transformer", "conformer"], ["vgg16", "openl3", "tce"], learned_modes=())  # 18 models
+    seeds = list(range(20))
+    reader = DiskStub()
+    pool = FakePool(reader)
+    paper = run_grid(_spec(tmp_path), entries, [], seeds, pool, window=8, reader=reader, log=lambda line: None)
+    assert len(entries) * len(seeds) == 360
+    assert 1 < pool.most <= 8  # the window, not 378 flow runs at once
+    assert len(pool.submitted) == len(entries) + 360 == len(set(pool.submitted))  # each unit once
+    assert paper.trained_runs == paper.evaluated_runs == 360 and not paper.failed and not paper.requeued
+    assert "| transformer-logmel-none | 0 | 0 | 0 | 0 | 20 | 0 |" in (tmp_path / REPORT).read_text()
+
+
+def test_a_lost_unit_is_submitted_again_and_a_refused_one_fails_as_one_line(tmp_path):
+    entries = paper_grid(["conformer"], ["openl3"], learned_modes=())  # audio only, OpenL3 fixed and random
+    bad = entries[1].key
+
+    def fate(unit, attempt):
+        if unit.entry.key == bad and unit.kind == "train":
+            return "refused"
+        if unit.entry.key == entries[0].key and unit.kind == "train" and attempt == 0:
+            return "lost"
+        return "done"
+
+    reader = DiskStub()
+    pool = FakePool(reader, fate)
+    paper = run_grid(_spec(tmp_path), entries, [], [0, 1], pool, window=2, reader=reader, log=lambda line: None)
+    assert paper.failed == [f"train-{bad}-seed0+1: RunMismatch: the run holds another config (not retried)"]
+    assert pool.submitted.count(f"train-{bad}-seed0+1") == 1  # not retried
+    assert pool.submitted.count(f"train-{entries[0].key}-seed0+1") == 2  # lost once, then done
+    assert len(paper.requeued) == 1 and "its worker died" in paper.requeued[0]
+    assert paper.evaluated_runs == 4  # the two good models' runs
+    report = (tmp_path / REPORT).read_text()
+    assert f"| {bad} | 0 | 0 | 0 | 0 | 0 | 2 |" in report and "## Failed (one line each)" in report
+
+
+def test_a_unit_lost_every_time_gives_up_after_its_attempts(tmp_path):
+    entries = paper_grid(["conformer"], [], learned_modes=())
+    reader = DiskStub()
+    pool = FakePool(reader, lambda unit, attempt: "lost")
+    paper = run_grid(_spec(tmp_path), entries, [], [0], pool, window=2, reader=reader, attempts=3,
+                     log=lambda line: None)
+    assert len(pool.submitted) == 3 and len(paper.failed) == 1 and "gave up after 3 attempts" in paper.failed[0]
+
+
+def test_units_group_a_models_seeds():
+    entries = paper_grid(["conformer"], ["openl3"], learned_modes=())
+    units = grid_units(entries, range(5), group_size=2)
+    assert [u.seeds for u in units[:3]] == [(0, 1), (2, 3), (4,)] and len(units) == 9
+    assert [u.seeds for u in grid_units(entries, range(5))] == [(0, 1, 2, 3, 4)] * 3
+
+
+def test_a_second_claim_refuses_in_one_line_and_a_released_run_can_be_claimed(tmp_path):
+    run = tmp_path / "runs" / "m" / "seed0"
+    with claimed([run], "training m") as claims:
+        assert read_claim(run)["token"] == claims[0].identity["token"]
+        with pytest.raises(RunClaimed) as refused:
+            claim_run(run, "training m")
+        assert "\n" not in str(refused.value) and "claimed by training m on" in str(refused.value)
+    assert not (run / CLAIM).exists()
+    claim_run(run, "again").release()
+
+
+def test_a_dead_holders_claim_is_taken_over_once(tmp_path):
+    run = tmp_path / "seed0"
+    # a process that claims the run and dies without releasing it (SIGKILL-like: os._exit skips the finally)
+    code = ("import os, sys; from grid.claim import claim_run; claim_run(sys.argv[1], 'doomed'); os._exit(0)")
+    subprocess.run([sys.executable, "-c", code, str(run)], check=True, cwd=Path(__file__).resolve().parents[2],
+                   timeout=120)
+    dead = read_claim(run)
+    assert dead["purpose"] == "doomed" and not holder_alive(dead)
+    # another host's holder is judged by its heartbeat's age instead
+    assert holder_alive({**dead, "host": "elsewhere", "heartbeat": 1000.0}, lease_s=60, now=1030.0)
+    assert not holder_alive({**dead, "host": "elsewhere", "heartbeat": 1000.0}, lease_s=60, now=1061.0)
+    won, errors = [], []
+
+    def take():
+        try:
+            won.append(claim_run(run, "taker"))
+        except RunClaimed as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=take) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(errors) == 3  # one taker wins; the others see a live holder
+    assert won[0].took_over["pid"] == dead["pid"]
+    log = [json.loads(line) for line in (run / TAKEOVERS).read_text().splitlines()]
+    assert [entry["dead"]["pid"] for entry in log] == [dead["pid"]]
+    won[0].release()
