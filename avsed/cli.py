@@ -199,14 +199,20 @@ def cmd_train(args: argparse.Namespace) -> int:
         in_process_defaults()
         from flows.train import train_flow
 
+        if args.accept_changed_store:
+            from avsed.config import ConfigError
+
+            raise ConfigError("--accept-changed-store works with --engine plain; resume there once, then go on")
         results = train_flow(args.store, args.out, config=config, seeds=seeds or None)
     else:
         from training.train import train, train_group
 
+        accept = args.accept_changed_store
         if seeds:
-            trained = train_group(args.store, config, {s: seed_dir(args.out, s) for s in seeds}, resume=args.resume)
+            trained = train_group(args.store, config, {s: seed_dir(args.out, s) for s in seeds}, resume=args.resume,
+                                  accept_changed_store=accept)
         else:
-            trained = [train(args.store, config, args.out, resume=args.resume)]
+            trained = [train(args.store, config, args.out, resume=args.resume, accept_changed_store=accept)]
         results = [{"out_dir": str(r.out_dir), "steps": r.steps, "trained_steps": r.trained_steps,
                     "samples_per_second": r.samples_per_second, "last_losses": r.last_losses} for r in trained]
     for r in results:
@@ -358,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="run directory; with --seeds, one <out>/seed<k> per seed")
     s.add_argument("--resume", action="store_true",
                    help="continue from the checkpoints in --out (bit-exact); finished seeds are not trained again")
+    s.add_argument("--accept-changed-store", action="store_true",
+                   help="with --resume: continue even though the store's training data changed since the checkpoint "
+                        "(clips added, videos found, labels corrected); recorded in each run's log.jsonl")
     s.add_argument("--seed", type=int, help="the seed of a single run (overrides the config's)")
     s.add_argument("--seeds", type=seeds_argument,
                    help="train these seeds together in one process: a count (20: seeds 0-19, as `avsed paper "

@@ -42,6 +42,10 @@ def save_checkpoints(out_dirs: Sequence[Path], payloads: Sequence[dict[str, Any]
         os.replace(Path(d) / PENDING, Path(d) / CHECKPOINT)
 
 
+class StoreChanged(RunMismatch):
+    """The store no longer holds the training data a checkpoint was trained on (clips added, videos found, ...)."""
+
+
 class BadCheckpoint(RunMismatch):
     """A checkpoint file cannot be read (truncated, overwritten, not a checkpoint at all)."""
 

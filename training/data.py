@@ -10,8 +10,9 @@ no worker processes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Sequence
+import hashlib
+from dataclasses import dataclass, field, fields
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -67,6 +68,57 @@ class ClipSet:
     tensors: Batch
     encoders: list[str]
     provenance: dict[str, dict]
+    identity: dict[str, Any] = field(default_factory=dict)  # what was loaded (store_identity): kept in checkpoints
+
+
+def _digest(*arrays: np.ndarray | Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes() if isinstance(a, np.ndarray) else "\n".join(a).encode())
+        h.update(b"|")
+    return h.hexdigest()[:16]
+
+
+def store_identity(clip_ids: Sequence[str], partitions: np.ndarray, kind: np.ndarray, weak: np.ndarray,
+                   strong: np.ndarray, available: dict[str, np.ndarray],
+                   stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """What a run trains on, small enough for every checkpoint: the clip set (count per partition and a digest of
+    the ids), per visual stream the clips with video (count and digest), a digest of the targets and supervision
+    kinds, and of the standardisation statistics. Feature rows are never rewritten (pipeline/store.py), so with
+    the features' provenance this pins the training tensors without hashing the features themselves."""
+    names, counts = np.unique(np.asarray(partitions, dtype=str), return_counts=True)
+    return {"clips": len(clip_ids), "partitions": {str(p): int(c) for p, c in zip(names, counts)},
+            "clip_ids": _digest(list(clip_ids)),
+            "video": {name: int(a.sum()) for name, a in available.items()},
+            "video_rows": {name: _digest(np.packbits(a)) for name, a in available.items()},
+            "labels": _digest(kind.astype(np.int64), weak.astype(np.float32), strong.astype(np.float32)),
+            "statistics": {name: _digest(np.asarray(m, np.float32), np.asarray(sd, np.float32))
+                           for name, (m, sd) in stats.items()}}
+
+
+def identity_changes(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """What differs between two `store_identity`s, in words (empty: the same data)."""
+    out = []
+    if before.get("clip_ids") != now.get("clip_ids"):
+        parts = {p: now["partitions"].get(p, 0) - before["partitions"].get(p, 0)
+                 for p in sorted(set(before["partitions"]) | set(now["partitions"]))}
+        moved = ", ".join(f"{p} {d:+d}" for p, d in parts.items() if d)
+        out.append(f"training clips {before['clips']} -> {now['clips']}" + (f" ({moved})" if moved else
+                                                                             " (other clips)"))
+    same_clips = before.get("clip_ids") == now.get("clip_ids")
+    for name in sorted(set(before.get("video", {})) | set(now.get("video", {}))):
+        a, b = before.get("video", {}).get(name), now.get("video", {}).get(name)
+        if a != b:
+            out.append(f"clips with {name} {a} -> {b}")
+        elif same_clips and before["video_rows"].get(name) != now["video_rows"].get(name):
+            out.append(f"{name} on other clips")
+    if same_clips and before.get("labels") != now.get("labels"):
+        out.append("labels or supervision kinds")
+    changed = [n for n in sorted(set(before.get("statistics", {})) | set(now.get("statistics", {})))
+               if before.get("statistics", {}).get(n) != now.get("statistics", {}).get(n)]
+    if changed:
+        out.append(f"statistics of {', '.join(changed)}")
+    return out
 
 
 def _read_rows(store: FeatureStore, name: str, rows: np.ndarray, block: int = 512, desc: str = "") -> np.ndarray:
@@ -154,12 +206,15 @@ def load_clips(store: FeatureStore, partitions: Sequence[str], encoders: Sequenc
             strong[i] = encoder.encode_strong(events[r])
     weak = store.column("weak_labels")[rows].astype(np.float32)
 
+    clip_ids = store.clip_ids()[rows]
+    identity = store_identity(clip_ids, part[rows], kind, weak, strong,
+                              {name: a for name, a in zip(encoders[1:], available[1:])}, stats)
     tensors = Batch(
         logmel=torch.from_numpy(logmel.astype(np.float32)).to(device=device, dtype=dtype),
         visual=visual, visual_valid=visual_valid,
         available=torch.from_numpy(np.stack(available, axis=1)).to(device),
         strong=torch.from_numpy(strong).to(device), weak=torch.from_numpy(weak).to(device),
         kind=torch.from_numpy(kind).to(device))
-    return ClipSet(rows=rows, clip_ids=store.clip_ids()[rows], partitions=part[rows],
+    return ClipSet(rows=rows, clip_ids=clip_ids, partitions=part[rows],
                    durations=store.column("duration")[rows].astype(np.float32), tensors=tensors,
-                   encoders=encoders, provenance={n: store.provenance(n) for n in encoders})
+                   encoders=encoders, provenance={n: store.provenance(n) for n in encoders}, identity=identity)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -28,10 +29,11 @@ import torch
 from tqdm import tqdm
 
 from pipeline.store import FeatureStore
-from training.checkpoint import CHECKPOINT, FORMAT, RunMismatch, load_checkpoints, read_checkpoint, save_checkpoints
+from training.checkpoint import (CHECKPOINT, FORMAT, RunMismatch, StoreChanged, load_checkpoints, read_checkpoint,
+                                 save_checkpoints)
 from training.cnn import CNNFrontEnd
 from training.config import TrainConfig
-from training.data import ClipSet, load_clips
+from training.data import ClipSet, identity_changes, load_clips
 from training.draws import DRAW_CHUNK, BatchSchedule, StepDraws, draw_chunk, stream_seed
 from training.group import StackedModels, build_seed_model, skeleton_of
 from training.mean_teacher import make_teacher
@@ -86,11 +88,13 @@ def load_training_data(store_path: str | Path, config: TrainConfig, device: torc
 
 def train(store_path: str | Path, config: TrainConfig | dict | str | Path | None, out_dir: str | Path,
           resume: bool = False, stop_after: int | None = None, data: ClipSet | None = None,
-          progress_desc: str = "train", progress_position: int | None = None) -> TrainResult:
+          progress_desc: str = "train", progress_position: int | None = None,
+          accept_changed_store: bool = False) -> TrainResult:
     """Train (or resume) one run. `stop_after` ends the loop early at that step with a checkpoint, as an
     interruption would (used by tests and benchmarks); `data` reuses already loaded tensors;
     `progress_desc` / `progress_position` label and place the progress bar (runs side by side). With
-    `config=None` a resumed run uses its checkpoint's config."""
+    `config=None` a resumed run uses its checkpoint's config. A resume refuses a store whose training data changed
+    since the checkpoint (`_check_store`) unless `accept_changed_store`."""
     out_dir = Path(out_dir)
     if config is None:
         if not (resume and (out_dir / CHECKPOINT).exists()):
@@ -100,13 +104,14 @@ def train(store_path: str | Path, config: TrainConfig | dict | str | Path | None
         config = as_config(config)
         seed = config.seed
     return train_group(store_path, config, {seed: out_dir}, resume=resume, stop_after=stop_after, data=data,
-                       progress_desc=progress_desc, progress_position=progress_position)[0]
+                       progress_desc=progress_desc, progress_position=progress_position,
+                       accept_changed_store=accept_changed_store)[0]
 
 
 def train_group(store_path: str | Path, config: TrainConfig | dict | str | Path | None,
                 runs: Mapping[int, str | Path], resume: bool = False, stop_after: int | None = None,
                 data: ClipSet | None = None, progress_desc: str = "train",
-                progress_position: int | None = None) -> list[TrainResult]:
+                progress_position: int | None = None, accept_changed_store: bool = False) -> list[TrainResult]:
     """Train the seeds of one configuration together; `runs` maps each seed to its run directory. Returns one
     result per seed, in the order of `runs`. `config=None` (with resume) takes each run's checkpoint config."""
     seeds = [int(s) for s in runs]
@@ -135,6 +140,8 @@ def train_group(store_path: str | Path, config: TrainConfig | dict | str | Path 
     for d, ckpt in zip(dirs, checkpoints):
         if ckpt is not None and data is not None:
             _check_provenance(ckpt, data, store_path, d)
+            if int(ckpt["step"]) < total:  # finished runs are not trained again: their data does not matter
+                _check_store(ckpt, data, store_path, d, accept_changed_store)
     results: dict[int, TrainResult] = {}
     cohorts: list[list[int]] = []
     for _, same_step in sorted(by_step.items()):
@@ -192,6 +199,32 @@ def _check_provenance(checkpoint: dict, data: ClipSet, store_path, out_dir: Path
         if json.dumps(prov, sort_keys=True) != json.dumps(data.provenance.get(name), sort_keys=True):
             raise RunMismatch(f"{store_path}: feature {name!r} provenance differs from the one {out_dir / CHECKPOINT} "
                              f"was trained on; refusing to mix features made differently (train into a new directory)")
+
+
+def _check_store(checkpoint: dict, data: ClipSet, store_path, out_dir: Path, accept: bool) -> None:
+    """A resume trains on the data the checkpoint was trained on: the store's identity (training/data.py) is
+    compared, and a change (clips added by an extraction rerun, videos found, labels corrected) refuses in one
+    line unless accepted; an accepted change, or a checkpoint too old to record the identity, is said in one line
+    on stderr and in the run's log.jsonl."""
+    step = int(checkpoint["step"])
+    before = checkpoint.get("store_identity")
+    if before is None:
+        note = {"step": step, "store_unverified": f"{out_dir / CHECKPOINT} does not record the store's identity "
+                                                  f"(written by an earlier version): {store_path} is not checked"}
+        print(f"warning: {note['store_unverified']}; resuming on it as it is now", file=sys.stderr)
+    else:
+        changes = identity_changes(before, data.identity)
+        if not changes:
+            return
+        what = "; ".join(changes)
+        if not accept:
+            raise StoreChanged(f"{store_path}: changed since {out_dir / CHECKPOINT} was written at step {step} "
+                               f"({what}); resuming would train on other data than the run began with: train "
+                               f"into a new directory, or resume with --accept-changed-store to continue on it")
+        note = {"step": step, "store_changed": f"accepted at step {step}: {what}"}
+        print(f"{out_dir}: resuming on a changed store as asked (--accept-changed-store): {what}", file=sys.stderr)
+    with open(out_dir / "log.jsonl", "a") as log:  # kept by _RunLog: its step is the checkpoint's
+        log.write(json.dumps(note) + "\n")
 
 
 @contextlib.contextmanager
@@ -349,7 +382,8 @@ class TrainingGroup:
                  "optimizer": self.optimizer.state_of(k, names), "step": step, "rng": rng,
                  "loss_sums": sums[k], "loss_steps": n, "config": configs[k].to_dict(),
                  "encoders": list(self.config.encoders), "visual_dims": self.visual_dims,
-                 "provenance": data.provenance, "store": str(store_path), "format": FORMAT, "group": self.seeds}
+                 "provenance": data.provenance, "store": str(store_path), "store_identity": data.identity,
+                 "format": FORMAT, "group": self.seeds}
                 for k in range(len(self.seeds))]
 
 
