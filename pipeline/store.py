@@ -64,7 +64,7 @@ import uuid
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence, TypeVar
 
 import numpy as np
 import zarr
@@ -85,6 +85,7 @@ _FLAG_CHUNK = 1 << 16
 _LABEL_COLUMNS = ("clip", "partition", "supervision", "youtube_id")
 _EVENT_COLUMNS = {"event_clip": "int32", "event_onset": "float32", "event_offset": "float32", "event_class": "int16"}
 _READ_RETRIES = 5
+T = TypeVar("T")
 
 
 class StoreError(AvsedError, RuntimeError):
@@ -423,6 +424,12 @@ class FeatureStore:
         raise StoreBusyError(
             f"{self.path}: its clips or labels are being changed ({journal_path(self.path).name} is present): a run is "
             f"adding clips right now, or one was interrupted; wait for it, or rerun `avsed extract` to finish the change")
+
+    def snapshot(self, read: Callable[[], T]) -> T:
+        """`read()` as of one committed generation of the clips and labels (retried if a writer changed them
+        meanwhile): for readers that combine several label columns. Feature rows need no snapshot: read a row's
+        mask before its data (protocol step 4)."""
+        return self._consistent(read)
 
     def _consistent(self, read):
         """Run `read` so that it sees one committed generation of the labels (seqlock against a writer)."""

@@ -168,8 +168,11 @@ def load_clips(store: FeatureStore, partitions: Sequence[str], encoders: Sequenc
             raise TrainingDataError(
                 f"{store.path}: no {name}_mean/_std statistics to standardise the {name!r} stream with; rerun the "
                 f"extraction (its statistics step computes them for every feature) or set standardise_visual: false")
-    part = store.partitions()
-    supervision = store.strings("supervision")
+    # The clips and their labels as of one committed generation: a relabel or growth by a running extraction
+    # (readers take no lock) between these reads retries them (the store's seqlock) instead of mixing two.
+    part, supervision, all_ids, all_weak, events = store.snapshot(lambda: (
+        store.partitions(), store.strings("supervision"), store.clip_ids(), store.column("weak_labels"),
+        store.clip_events()))
     present = store.present(AUDIO_STREAM)
     rows = np.flatnonzero(np.isin(part, list(partitions)) & present)
     if len(rows) == 0:
@@ -199,14 +202,13 @@ def load_clips(store: FeatureStore, partitions: Sequence[str], encoders: Sequenc
         available.append(avail)
 
     encoder = LabelEncoder(store.classes, store.timing)
-    events = store.clip_events()
     strong = np.zeros((len(rows), store.timing.output_frames, len(store.classes)), dtype=np.float32)
     for i, r in enumerate(rows):
         if kind[i] == STRONG or supervision[r] == "strong":
             strong[i] = encoder.encode_strong(events[r])
-    weak = store.column("weak_labels")[rows].astype(np.float32)
+    weak = all_weak[rows].astype(np.float32)
 
-    clip_ids = store.clip_ids()[rows]
+    clip_ids = all_ids[rows]
     identity = store_identity(clip_ids, part[rows], kind, weak, strong,
                               {name: a for name, a in zip(encoders[1:], available[1:])}, stats)
     tensors = Batch(

@@ -2,16 +2,20 @@
 
 Readers take no lock, so a writer may add rows between a reader's two reads of a visual feature (its data and its
 mask). The writer writes a row's data before its mask; a row may count as present only if its data was read after
-its mask said so, else training uses the fill value as a real embedding.
+its mask said so, else training uses the fill value as a real embedding. Likewise the label columns are read as of
+one committed generation (the store's seqlock), not half before and half after a relabel.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
+from pipeline.manifest import Clip
 from pipeline.store import FeatureStore
 from training import data as training_data
-from training.data import load_clips
+from training.data import UNLABELLED, load_clips
 from training.synthetic_store import SyntheticStoreSpec, build_synthetic_store
 
 PARTITIONS = ["synthetic", "weak", "unlabelled"]
@@ -72,3 +76,37 @@ def test_rows_added_between_a_readers_two_reads_are_never_loaded_as_fill(tmp_pat
     for i, r in enumerate(clips.rows):
         if int(r) in written and not available[i]:
             assert not visual[i].any() and clips.tensors.visual_valid[0][i].all()
+
+
+def test_labels_relabelled_between_a_readers_reads_come_from_one_generation(tmp_path, monkeypatch):
+    path = tmp_path / "features.zarr"
+    spec = SyntheticStoreSpec(clips={"synthetic": 2, "weak": 4, "unlabelled": 4}, visual={}, seed=4)
+    build_synthetic_store(path, spec).close()
+    reader = FeatureStore.open(path)
+    row = int(np.flatnonzero(reader.partitions() == "weak")[0])
+    clip_id = reader.clip_ids()[row]
+    assert reader.column("weak_labels")[row].any()
+
+    def writer_relabels() -> None:
+        # A corrected metadata file moved the clip to the unlabelled set: partition, supervision and labels change.
+        with FeatureStore.create_or_open(path) as w:
+            report = w.sync_clips([Clip(clip_id, "unlabelled", "unlabelled", Path(clip_id), None)])
+            assert report.changes
+
+    original = FeatureStore.partitions
+    done = []
+
+    def partitions(self):
+        out = original(self)
+        if not done:  # the reader pauses after its first label read while the extraction relabels
+            done.append(True)
+            writer_relabels()
+        return out
+
+    monkeypatch.setattr(FeatureStore, "partitions", partitions)
+    clips = load_clips(reader, PARTITIONS, ["logmel"])
+    assert done
+    i = int(np.flatnonzero(clips.clip_ids == clip_id)[0])
+    # One generation: the relabelled one (the read is retried), not the old partition with the new labels.
+    assert (clips.partitions[i], int(clips.tensors.kind[i])) == ("unlabelled", UNLABELLED)
+    assert not clips.tensors.weak[i].any()
