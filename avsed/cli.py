@@ -1,5 +1,5 @@
 """The `avsed` command: synth, serve-videos, extract, status, migrate-store, train, paper, evaluate, report, serve,
-demo.
+detect, demo.
 
 Each subcommand parses flags and calls one plain function of the packages; imports are lazy so that
 `avsed status` does not pay for torch and Prefect. Settings come from a config file (`--config`), then the
@@ -285,6 +285,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_detect(args: argparse.Namespace) -> int:
+    from detection.detect import detect
+    from pipeline.download import DownloadConfig
+
+    download = DownloadConfig(url_template=args.url_template) if args.url_template else None
+    summary = detect(args.model, args.inputs, args.out, hop_seconds=args.hop, threshold=args.threshold,
+                     batch_windows=args.batch_windows, download=download, plots=not args.no_plots,
+                     progress=not args.no_progress, echo=lambda line: print(line, flush=True))
+    print(f"{len(summary.recordings)} recording(s) processed, {len(summary.failures)} skipped, "
+          f"{sum(len(r.events) for r in summary.recordings)} event(s) in {summary.out_dir / 'detections.tsv'} "
+          f"({summary.seconds:.1f} s)")
+    if summary.exit_code:
+        print("avsed detect: error: no input could be processed (see the lines above)", file=sys.stderr)
+    return summary.exit_code
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from avsed.demo import run_demo
 
@@ -442,6 +458,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--name", default="default", help="the deployments' name (default: default)")
     s.add_argument("--limit", type=int, default=None, help="flow runs at once (default: no limit)")
     s.set_defaults(func=cmd_serve)
+
+    s = sub.add_parser("detect", help="sound events in your own recordings (audio or video files, folders, YouTube "
+                                      "URLs or ids) with a trained, evaluated run")
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help="audio (wav, flac, mp3, ogg) or video (mp4, webm, mkv, "
+                                                             "mov) files, folders of them, YouTube URLs or ids")
+    s.add_argument("--model", required=True, help="a training run directory (checkpoint.pt; `avsed evaluate` "
+                                                 "run on it gives the tuned post-processing)")
+    s.add_argument("--out", required=True, help="output folder: detections.tsv, <name>.json, <name>.png")
+    s.add_argument("--hop", type=float, default=5.0, help="seconds between 10-s windows (default 5)")
+    s.add_argument("--threshold", type=float, help="one threshold for every class instead of the tuned ones")
+    s.add_argument("--batch-windows", type=int, default=16, help="windows per pass through the model (default 16)")
+    s.add_argument("--url-template", help="video URL with {youtube_id} for ids and URLs (default YouTube's)")
+    s.add_argument("--no-plots", action="store_true", help="no PNG timelines")
+    s.add_argument("--no-progress", action="store_true", help="no progress bars")
+    s.set_defaults(func=cmd_detect)
 
     s = sub.add_parser("demo", help="the whole mission on a synthetic data set")
     s.add_argument("--out", default="demo-out", help="output folder (default demo-out)")

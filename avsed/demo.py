@@ -16,6 +16,9 @@
    absent: the synthetic set's truth/videos.tsv).
 5. A few more served videos are deleted and the extraction rerun: only the re-check happens, the newly
    missing videos are recorded, the cached features are kept.
+6. `avsed detect` (detection/) with the fixed-weight bi-encoder on a long recording built from eval clips joined
+   end to end (37 s, its picture ending after 30 s): detect/detections.tsv, a JSON of each window's weights and a
+   PNG timeline.
 
 Every number printed comes from this run. The model is the paper's conformer, narrower, without dropout,
 with a faster teacher and a higher learning rate, so that it learns in a few hundred CPU steps; the paper's settings are the defaults of
@@ -216,6 +219,11 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, config: Demo
     finally:
         server.stop()
 
+    # 6. the trained bi-encoder on a long recording of eval clips joined end to end, video for its first 30 s
+    t0 = time.perf_counter()
+    detected = detect_long_recording(out, checkpoints["bi-encoder (fixed weights)"], cfg)
+    stage("detect (long recording)", t0)
+
     timings["total"] = round(time.perf_counter() - t_all, 2)
     summary_json = {
         "config": dataclasses.asdict(cfg), "timings_seconds": timings,
@@ -227,6 +235,7 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, config: Demo
             "videos_after": after["videos"]},
         "results": {name: {s: r.sets[s].metrics for s in r.sets} for name, r in results.items()},
         "learned_weights": {name: r.info["learned_weights"] for name, r in results.items() if "learned_weights" in r.info},
+        "detect": detected,
     }
     (out / "summary.json").write_text(json.dumps(summary_json, indent=2, default=float))
     print()
@@ -241,7 +250,10 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, config: Demo
           f"audio computed {second['audio_computed'] or 0}, video features computed {second['video_computed'] or 0}, "
           f"videos downloaded {second['videos_downloaded']}, newly missing (features kept) "
           f"{second['newly_missing_cached']}; ledger now: {after['videos']}")
-    print(f"\noutputs in {out}: report/report.md, report/*.png, runs/*/evaluation/, summary.json "
+    print(f"\navsed detect on {detected['recording']} ({detected['seconds']:.0f} s, video for its first "
+          f"{detected['video_seconds']:.0f} s): {detected['found']} events found of {detected['truth']} in it; "
+          f"{detected['tsv']} and its timeline {detected['png']}")
+    print(f"\noutputs in {out}: report/report.md, report/*.png, runs/*/evaluation/, detect/, summary.json "
           f"(total {timings['total']:.0f} s)")
     return 0
 
@@ -360,3 +372,81 @@ def plot_split(results: dict, path: Path, baseline: str = "audio-only") -> Path:
 
     groups = _groups(results)
     return plot(groups, path, audio_only_baselines(groups, baseline))
+
+
+# --- 6. detect on a long recording ---------------------------------------------------------------------------------
+@dataclass
+class Piece:
+    """One clip of a long recording: its name, where it starts in the recording, its length and its events there."""
+
+    clip_id: str
+    offset: float
+    duration: float
+    events: list
+
+
+def eval_plans(synth, n: int) -> list:
+    """The first `n` (or all, if fewer) eval clips of a synthetic set that start at 0 in their video."""
+    from pipeline.synth import plan_dataset
+
+    return [p for p in plan_dataset(synth) if p.partition.name == "eval" and p.start == 0.0 and p.failure is None][:n]
+
+
+def render_pieces(synth, plans: list, last_seconds: float | None = None) -> tuple[list, list, list[Piece]]:
+    """Audio (at the set's rate) and video frames of each clip, the last one cut to `last_seconds`; every clip's
+    video is rendered showing its events (whatever its kind in the set), and the events shifted onto the
+    recording's time line."""
+    from pipeline.labels import Event
+    from pipeline.synth import render_audio, render_video_frames
+
+    audio, frames, pieces, t = [], [], [], 0.0
+    for k, plan in enumerate(plans):
+        last = last_seconds is not None and k == len(plans) - 1
+        duration = min(plan.duration, last_seconds) if last else plan.duration
+        shown = dataclasses.replace(plan, video_kind="content", video_seconds=plan.duration)
+        audio.append(render_audio(plan, synth)[: int(round(duration * synth.sample_rate))])
+        frames.append(render_video_frames(shown, synth)[: int(round(duration * synth.video_fps))])
+        pieces.append(Piece(plan.clip_id, t, duration, [Event(e.onset + t, min(e.offset, duration) + t, e.label)
+                                                        for e in plan.events if e.onset < duration]))
+        t += duration
+    return audio, frames, pieces
+
+
+def write_long_recording(synth, plans: list, path: Path, video_clips: int) -> list[Piece]:
+    """An mp4 (H.264 + AAC) of `plans` joined end to end (the last clip cut to 7 s), with a picture for the first
+    `video_clips` clips only; returns the pieces (their events are the recording's truth)."""
+    import subprocess
+
+    import imageio_ffmpeg
+    import numpy as np
+    import soundfile as sf
+
+    audio, frames, pieces = render_pieces(synth, plans, last_seconds=7.0)
+    wav = path.with_suffix(".wav")
+    sf.write(wav, np.concatenate(audio), synth.sample_rate, subtype="PCM_16")
+    video = np.concatenate(frames[:video_clips])
+    n, h, w, _ = video.shape
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
+           "-s", f"{w}x{h}", "-r", f"{synth.video_fps:g}", "-i", "-", "-i", str(wav), "-map", "0:v", "-map", "1:a",
+           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", str(path)]
+    subprocess.run(cmd, input=np.ascontiguousarray(video).tobytes(), capture_output=True, check=True)
+    wav.unlink()
+    return pieces
+
+
+def detect_long_recording(out: Path, run_dir: Path, cfg: DemoConfig) -> dict:
+    """`avsed detect` (detection.detect) with the demo's bi-encoder on four eval clips joined into one recording
+    (37 s), whose picture ends after three of them: the last windows take the audio-only path."""
+    from detection.detect import detect
+
+    plans = eval_plans(demo_synth_config(cfg), 4)  # fewer in the quick demo's 24 clips
+    n = len(plans)
+    recording = out / "detect" / "kitchen_and_garden.mp4"
+    recording.parent.mkdir(parents=True, exist_ok=True)
+    pieces = write_long_recording(demo_synth_config(cfg), plans, recording, video_clips=max(1, n - 1))
+    summary = detect(run_dir, [str(recording)], out / "detect", progress=False, echo=print)
+    rec = summary.recordings[0]
+    return {"recording": str(recording), "seconds": round(rec.duration, 1),
+            "video_seconds": round(sum(p.duration for p in pieces[: max(1, n - 1)]), 1),
+            "found": len(rec.events), "truth": sum(len(p.events) for p in pieces),
+            "tsv": str(out / "detect" / "detections.tsv"), "png": str(rec.outputs.get("png"))}

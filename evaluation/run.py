@@ -2,7 +2,8 @@
 
 Outputs in the run's `evaluation/` folder: `result.json` (everything, for `avsed report`), `metrics.md`
 (the five metrics per set), `per_class.png`, `psd_roc.png`, example-clip plots, and `predictions/` (the test
-set's detections as DESED_task TSVs, sed_scores_eval score tables, ground truth and durations: evaluation/export.py).
+set's detections as DESED_task TSVs, sed_scores_eval score tables, ground truth and durations: evaluation/export.py),
+and `standardisation.json` (the store's time grid, classes and feature statistics, for `avsed detect`).
 The student is scored by default (the paper: "student models after the last training epoch"); `use_teacher`
 scores the mean teacher, recorded in `info["teacher"]` and in the model name so reports keep them apart.
 
@@ -15,6 +16,8 @@ on eval goes into `info["learned_weights"]`.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -26,13 +29,33 @@ from evaluation.export import export_predictions
 from evaluation.gate import kind_summary, learned_weights, write_gate_outputs
 from evaluation.plots import plot_example_clip, plot_per_class, plot_psd_roc
 from evaluation.predictions import Predictions
-from pipeline.labels import LabelEncoder
+from pipeline.labels import ClipTiming, LabelEncoder
 from pipeline.store import FeatureStore
 from training.config import TrainConfig
 from training.predict import load_checkpoint, predict
 
 # The paper's inference options for the audio interpolation weight (3.2.2), tuned on validation EBF1.
 PAPER_AUDIO_WEIGHTS = (0.25, 0.5, 0.75, 0.875)
+# What `avsed detect` needs of the store beside the tuned post-processing: its time grid, classes and the
+# standardisation statistics of the run's features (the run stays usable once the store is gone).
+STANDARDISATION = "standardisation.json"
+
+
+def write_standardisation(store: str | Path, encoders: Sequence[str], path: Path) -> Path:
+    """The store's timing, classes and the (mean, std) of each of `encoders` that has statistics, as JSON."""
+    s = FeatureStore.open(store)
+    stats = {name: s.stats(name) for name in encoders}
+    path.write_text(json.dumps({"timing": dataclasses.asdict(s.timing), "classes": list(s.classes),
+                                "stats": {k: {"mean": v[0].tolist(), "std": v[1].tolist()}
+                                          for k, v in stats.items() if v is not None}}))
+    return path
+
+
+def read_standardisation(path: Path) -> tuple[ClipTiming, tuple[str, ...], dict[str, tuple[np.ndarray, np.ndarray]]]:
+    d = json.loads(Path(path).read_text())
+    return (ClipTiming(**d["timing"]), tuple(d["classes"]),
+            {k: (np.asarray(v["mean"], dtype=np.float32), np.asarray(v["std"], dtype=np.float32))
+             for k, v in d["stats"].items()})
 
 
 def model_name(config: TrainConfig, teacher: bool = False) -> str:
@@ -129,6 +152,7 @@ def evaluate_checkpoint(checkpoint: str | Path, store: str | Path, out_dir: str 
     out = None
     if out_dir is not None:
         out = write_outputs(result, test, store, Path(out_dir), example_clips)
+        write_standardisation(store, train_config.encoders, out / STANDARDISATION)
         if gate is not None:
             write_gate_outputs(gate, out, f"{info['model']} (seed {info['seed']}): visual weight per {test_partition} "
                                           f"clip")

@@ -49,8 +49,10 @@ class LogMel(AudioExtractor):
         return self._mel
 
     def extract(self, waveform: np.ndarray, timing: ClipTiming) -> np.ndarray:
+        """(frames, n_mels) of one waveform; (B, frames, n_mels) of a (B, samples) batch in one pass (detection
+        runs many windows at once), each row as it would be alone."""
         x = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))
         with torch.inference_mode():
-            mel = self._transform(timing)(x)  # (n_mels, frames)
-            out = torch.log(mel + self.config.log_eps).T.contiguous()
+            mel = self._transform(timing)(x)  # (..., n_mels, frames)
+            out = torch.log(mel + self.config.log_eps).transpose(-1, -2).contiguous()
         return out.numpy()

@@ -1,0 +1,91 @@
+"""Cutting a recording of any length into the model's windows and putting their outputs back on one timeline.
+
+Window starts lie on the model's output-frame grid (a hop of `round(hop_seconds / frame)` output frames, 32 for
+5 s), so the frames of overlapping windows coincide exactly and are averaged frame by frame; a frame covered by
+k windows gets the mean of their k probabilities. The last window reaches past the recording's end (padded with
+silence, as a short training clip is); frames past the end are dropped. All times come from `ClipTiming`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from pipeline.labels import ClipTiming
+
+
+@dataclass(frozen=True)
+class WindowGrid:
+    timing: ClipTiming  # the model's clip timing (10-s windows)
+    duration: float  # seconds of the recording
+    hop_frames: int  # hop between window starts, in output frames
+
+    @property
+    def frame_seconds(self) -> float:
+        return self.timing.output_frame_seconds
+
+    @property
+    def window_frames(self) -> int:
+        return self.timing.output_frames
+
+    @property
+    def n_frames(self) -> int:
+        """Output frames of the recording's timeline (the last one may reach a little past its end)."""
+        return max(1, int(math.ceil(self.duration / self.frame_seconds - 1e-9)))
+
+    @property
+    def n_windows(self) -> int:
+        return 1 + max(0, int(math.ceil((self.n_frames - self.window_frames) / self.hop_frames)))
+
+    @property
+    def starts(self) -> np.ndarray:
+        """First output frame of each window on the recording's timeline."""
+        return np.arange(self.n_windows, dtype=np.int64) * self.hop_frames
+
+    def start_seconds(self, windows: np.ndarray | None = None) -> np.ndarray:
+        starts = self.starts if windows is None else self.starts[windows]
+        return starts * self.frame_seconds
+
+    def start_samples(self, windows: np.ndarray | None = None) -> np.ndarray:
+        starts = self.starts if windows is None else self.starts[windows]
+        return starts * (self.timing.hop_length * self.timing.pooling)
+
+    def recording_timing(self) -> ClipTiming:
+        """The timing of the whole recording as one clip: events decoded with it end at the recording's end."""
+        return replace(self.timing, clip_seconds=float(self.duration))
+
+
+def window_grid(timing: ClipTiming, duration: float, hop_seconds: float = 5.0) -> WindowGrid:
+    if duration <= 0:
+        raise ValueError(f"a recording of {duration} s has no windows")
+    hop = int(round(hop_seconds / timing.output_frame_seconds))
+    if not 1 <= hop <= timing.output_frames:
+        raise ValueError(f"hop {hop_seconds} s must be between one output frame ({timing.output_frame_seconds:.4f} s) "
+                         f"and the window ({timing.clip_seconds:g} s)")
+    return WindowGrid(timing, float(duration), hop)
+
+
+def cut_windows(waveform: np.ndarray, grid: WindowGrid, windows: np.ndarray) -> np.ndarray:
+    """(len(windows), clip_samples) float32: the windows' samples, zero-padded past the recording's end."""
+    n = grid.timing.clip_samples
+    out = np.zeros((len(windows), n), dtype=np.float32)
+    for row, start in enumerate(grid.start_samples(np.asarray(windows)).tolist()):
+        piece = waveform[start:start + n]
+        out[row, :len(piece)] = piece
+    return out
+
+
+def overlap_average(window_probs: np.ndarray, grid: WindowGrid) -> np.ndarray:
+    """(n_frames, C) timeline: every frame the mean of the windows that cover it. window_probs (n_windows, W, C)."""
+    window_probs = np.asarray(window_probs, dtype=np.float64)
+    if window_probs.shape[:2] != (grid.n_windows, grid.window_frames):
+        raise ValueError(f"expected ({grid.n_windows}, {grid.window_frames}, C) window outputs, got {window_probs.shape}")
+    total = grid.starts[-1] + grid.window_frames
+    sums = np.zeros((total, window_probs.shape[2]))
+    counts = np.zeros(total)
+    for start, probs in zip(grid.starts.tolist(), window_probs):
+        sums[start:start + grid.window_frames] += probs
+        counts[start:start + grid.window_frames] += 1
+    return (sums / counts[:, None])[: grid.n_frames].astype(np.float32)
