@@ -205,14 +205,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("--accept-changed-store works with --engine plain; resume there once, then go on")
         results = train_flow(args.store, args.out, config=config, seeds=seeds or None)
     else:
+        from evaluation.validation import VALIDATOR
         from training.train import train, train_group
 
         accept = args.accept_changed_store
         if seeds:
             trained = train_group(args.store, config, {s: seed_dir(args.out, s) for s in seeds}, resume=args.resume,
-                                  accept_changed_store=accept)
+                                  accept_changed_store=accept, validator=VALIDATOR)
         else:
-            trained = [train(args.store, config, args.out, resume=args.resume, accept_changed_store=accept)]
+            trained = [train(args.store, config, args.out, resume=args.resume, accept_changed_store=accept,
+                             validator=VALIDATOR)]
         results = [{"out_dir": str(r.out_dir), "steps": r.steps, "trained_steps": r.trained_steps,
                     "samples_per_second": r.samples_per_second, "last_losses": r.last_losses} for r in trained]
     for r in results:

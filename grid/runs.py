@@ -21,6 +21,7 @@ import torch
 
 from evaluation.evaluate import EvaluationResult
 from evaluation.run import PAPER_AUDIO_WEIGHTS, evaluate_checkpoint
+from evaluation.validation import VALIDATOR
 from grid.claim import claimed
 from grid.plan import EVALUATION_FILE, GridEntry, run_dir
 from training.checkpoint import CHECKPOINT
@@ -82,7 +83,7 @@ def train_runs(store: str | Path, config: TrainConfig | dict, runs: Mapping[int,
     """Claim the runs, then train their seeds together from their checkpoints (resume=True: a re-run after a
     dead worker continues where its last checkpoint stopped, bit-exactly)."""
     with claimed(list(runs.values()), purpose):
-        return train_group(store, config, {int(s): d for s, d in runs.items()}, resume=True)
+        return train_group(store, config, {int(s): d for s, d in runs.items()}, resume=True, validator=VALIDATOR)
 
 
 def train_unit(store: str | Path, out_dir: Path, entry: GridEntry, seeds: Sequence[int], base: TrainConfig) -> int:

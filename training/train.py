@@ -23,7 +23,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Protocol, Sequence
 
 import torch
 from tqdm import tqdm
@@ -32,14 +32,13 @@ from pipeline.store import FeatureStore
 from training.checkpoint import (CHECKPOINT, FORMAT, RunMismatch, StoreChanged, load_checkpoints, read_checkpoint,
                                  save_checkpoints)
 from training.cnn import CNNFrontEnd
-from training.config import TrainConfig
+from training.config import TrainConfig, TrainConfigError
 from training.data import ClipSet, identity_changes, load_clips
 from training.draws import DRAW_CHUNK, BatchSchedule, StepDraws, draw_chunk, stream_seed
 from training.group import StackedModels, build_seed_model, skeleton_of
 from training.mean_teacher import make_teacher
 from training.optimizer import RAdam
 from training.step import LOGGED_TERMS, LOSS_TERMS, DeviceCounters, TrainStep
-from training.validation import load_validation, validate
 
 __all__ = ["CHECKPOINT", "TrainResult", "TrainingGroup", "train", "train_group", "prepare_group", "resolve_device",
            "as_config", "load_training_data"]
@@ -86,10 +85,20 @@ def load_training_data(store_path: str | Path, config: TrainConfig, device: torc
                       standardise_visual=config.standardise_visual)
 
 
+class Validator(Protocol):
+    """What validates the seeds during training (every `validate_every` steps), handed in by the caller:
+    evaluation.validation.VALIDATOR (training does not import evaluation)."""
+
+    def load(self, store_path, config: TrainConfig, device: torch.device) -> Any: ...
+
+    def __call__(self, skeleton: torch.nn.Module, student: StackedModels, teacher: StackedModels, data: Any,
+                 config: TrainConfig) -> list[dict[str, dict[str, float]]]: ...
+
+
 def train(store_path: str | Path, config: TrainConfig | dict | str | Path | None, out_dir: str | Path,
           resume: bool = False, stop_after: int | None = None, data: ClipSet | None = None,
           progress_desc: str = "train", progress_position: int | None = None,
-          accept_changed_store: bool = False) -> TrainResult:
+          accept_changed_store: bool = False, validator: Validator | None = None) -> TrainResult:
     """Train (or resume) one run. `stop_after` ends the loop early at that step with a checkpoint, as an
     interruption would (used by tests and benchmarks); `data` reuses already loaded tensors;
     `progress_desc` / `progress_position` label and place the progress bar (runs side by side). With
@@ -105,13 +114,14 @@ def train(store_path: str | Path, config: TrainConfig | dict | str | Path | None
         seed = config.seed
     return train_group(store_path, config, {seed: out_dir}, resume=resume, stop_after=stop_after, data=data,
                        progress_desc=progress_desc, progress_position=progress_position,
-                       accept_changed_store=accept_changed_store)[0]
+                       accept_changed_store=accept_changed_store, validator=validator)[0]
 
 
 def train_group(store_path: str | Path, config: TrainConfig | dict | str | Path | None,
                 runs: Mapping[int, str | Path], resume: bool = False, stop_after: int | None = None,
                 data: ClipSet | None = None, progress_desc: str = "train",
-                progress_position: int | None = None, accept_changed_store: bool = False) -> list[TrainResult]:
+                progress_position: int | None = None, accept_changed_store: bool = False,
+                validator: Validator | None = None) -> list[TrainResult]:
     """Train the seeds of one configuration together; `runs` maps each seed to its run directory. Returns one
     result per seed, in the order of `runs`. `config=None` (with resume) takes each run's checkpoint config."""
     seeds = [int(s) for s in runs]
@@ -148,7 +158,7 @@ def train_group(store_path: str | Path, config: TrainConfig | dict | str | Path 
         cohorts += [same_step[i: i + template.group_seeds] for i in range(0, len(same_step), template.group_seeds)]
     for members in cohorts:
         cohort = _Cohort(store_path, template, [seeds[k] for k in members], [dirs[k] for k in members],
-                         [checkpoints[k] for k in members], data, device)
+                         [checkpoints[k] for k in members], data, device, validator)
         for k, result in zip(members, cohort.run(total, progress_desc, progress_position)):
             results[k] = result
     return [results[k] for k in range(len(seeds))]
@@ -270,11 +280,16 @@ class _Cohort:
     """Seeds of one configuration that start from the same step, trained as one stacked group."""
 
     def __init__(self, store_path, config: TrainConfig, seeds: list[int], dirs: list[Path],
-                 checkpoints: list[dict | None], data: ClipSet, device: torch.device):
+                 checkpoints: list[dict | None], data: ClipSet, device: torch.device,
+                 validator: Validator | None = None):
         self.store_path, self.config, self.seeds, self.dirs, self.data, self.device = \
             store_path, config, seeds, dirs, data, device
         self.configs = [TrainConfig.from_dict({**config.to_dict(), "seed": s}) for s in seeds]
         self.checkpoints = checkpoints
+        self.validator = validator
+        if config.validate_every and validator is None:
+            raise TrainConfigError(f"validate_every is {config.validate_every}, but this caller gave training no "
+                                   f"validator (evaluation.validation.VALIDATOR); set validate_every to 0 or pass one")
         self.step = 0 if checkpoints[0] is None else int(checkpoints[0]["step"])
 
     def run(self, total: int, progress_desc: str, progress_position: int | None) -> list[TrainResult]:
@@ -297,7 +312,7 @@ class _Cohort:
     def _train(self, total: int, progress_desc: str, progress_position: int | None) -> list[TrainResult]:
         config, device, seeds = self.config, self.device, self.seeds
         group = prepare_group(config, seeds, self.data, device, self.checkpoints)
-        validation = load_validation(self.store_path, config, device) if config.validate_every else None
+        validation = self.validator.load(self.store_path, config, device) if config.validate_every else None
         resume = self.checkpoints[0] is not None
         logs = [_RunLog(d, self.step, resume) for d in self.dirs]
         batch = group.schedules[0].batch_size
@@ -326,7 +341,7 @@ class _Cohort:
                             log.write(entry, {f"train/{k}": v for k, v in entry.items() if k != "step"})
                         bar.set_postfix(loss=f"{logs[0].history[-1]['total']:.4f}")
                     if validation is not None and (step % config.validate_every == 0 or step == total):
-                        metrics = validate(group.skeleton, group.student, group.teacher, validation, config)
+                        metrics = self.validator(group.skeleton, group.student, group.teacher, validation, config)
                         for log, m in zip(logs, metrics):
                             log.write({"step": step, "validation": m},
                                       {f"validation/{who}/{k}": v for who, ms in m.items() for k, v in ms.items()})

@@ -15,7 +15,7 @@ from evaluation.psds import PSDS1
 from evaluation.run import to_evaluation
 from training.predict import predict
 from training.train import train
-from training.validation import VALIDATION_METRICS, fixed_tuning
+from evaluation.validation import VALIDATION_METRICS, VALIDATOR, fixed_tuning
 
 from .conftest import small_config
 
@@ -26,7 +26,7 @@ def test_validation_every_n_steps_is_logged_and_matches_evaluation(tmp_path, syn
                           log_every=8, learning_rate=1e-2, ema_decay=0.8)
     plain = train(synthetic_store, config, tmp_path / "plain")
     config.validate_every = 3
-    validated = train(synthetic_store, config, tmp_path / "validated")
+    validated = train(synthetic_store, config, tmp_path / "validated", validator=VALIDATOR)
     # Validating reads the models in evaluation mode only: the trajectory is bit-identical.
     a = torch.load(plain.checkpoint, weights_only=False)
     b = torch.load(validated.checkpoint, weights_only=False)
@@ -58,3 +58,13 @@ def test_validation_every_n_steps_is_logged_and_matches_evaluation(tmp_path, syn
     assert {f"validation/{who}/{m}" for who in ("student", "teacher") for m in VALIDATION_METRICS} <= tags
     assert [e.step for e in events.Scalars("validation/teacher/psds1")] == [3, 6, 8]
     assert np.isclose(events.Scalars("validation/student/ebf1")[-1].value, validation[8]["student"]["ebf1"])
+
+
+def test_training_validates_only_with_the_validator_its_caller_hands_it(tmp_path, synthetic_store):
+    """Training imports no evaluation: `validate_every` without a validator is one line naming what to pass."""
+    from training.config import TrainConfigError
+
+    config = small_config(["logmel"], steps=2, validate_every=1)
+    with pytest.raises(TrainConfigError, match="evaluation.validation.VALIDATOR") as refused:
+        train(synthetic_store, config, tmp_path / "run")
+    assert "\n" not in str(refused.value)

@@ -1,5 +1,6 @@
 """Validation metrics during training (every `validate_every` steps): a fast evaluation of every seed's student
-and teacher on the validation partition, with evaluation/'s own metric functions.
+and teacher on the validation partition, with evaluation/'s own metric functions. Training does not import it:
+whoever starts a training (the CLI, the flows, the grid) hands it `VALIDATOR` (training.train.Validator).
 
 Fast means fixed post-processing (threshold 0.5 for clips and frames, no median filter) instead of the
 per-class tuning of the final evaluation, and PSDS1 only: CBF1, SBF1, EBF1 and PSDS1 (PSDS1 does not depend on
@@ -100,3 +101,18 @@ def validate(skeleton: nn.Module, student: StackedModels, teacher: StackedModels
     finally:
         skeleton.train(was_training)
     return out
+
+
+class FastValidation:
+    """The validator training calls (training.train.Validator): `load` once per group, then the group's seeds
+    validated every `validate_every` steps."""
+
+    def load(self, store_path, config: TrainConfig, device: torch.device) -> ValidationSet:
+        return load_validation(store_path, config, device)
+
+    def __call__(self, skeleton: nn.Module, student: StackedModels, teacher: StackedModels, data: ValidationSet,
+                 config: TrainConfig) -> list[dict[str, dict[str, float]]]:
+        return validate(skeleton, student, teacher, data, config)
+
+
+VALIDATOR = FastValidation()
