@@ -155,3 +155,13 @@ def test_a_dead_holders_claim_is_taken_over_once(tmp_path):
     log = [json.loads(line) for line in (run / TAKEOVERS).read_text().splitlines()]
     assert [entry["dead"]["pid"] for entry in log] == [dead["pid"]]
     won[0].release()
+
+
+def test_a_work_pool_without_a_prefect_server_is_one_line(tmp_path, monkeypatch, capsys):
+    from avsed import cli
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert cli.main(["paper", "--store", str(tmp_path / "s.zarr"), "--out", str(tmp_path / "o"), "--work-pool",
+                     "avsed-gpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--work-pool: set PREFECT_API_URL" in err[0]
