@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from pathlib import Path
-from typing import Any, Hashable, Sequence
+from typing import Any, Callable, Hashable, Sequence, TypeVar
 
+import httpx
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId,
                                             WorkPoolFilter, WorkPoolFilterName)
 from prefect.deployments import run_deployment
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.states import Crashed
 
 from grid.claim import LEASE_S, describe, holder_alive, read_claim
@@ -29,6 +32,23 @@ from pipeline.errors import AvsedError
 
 TRAIN_FLOW, EVALUATE_FLOW = "train", "evaluate"
 _EXCEPTION = re.compile(r"exception:\s*(\w+):\s*(.*)", re.S)
+T = TypeVar("T")
+
+
+def _patiently(call: Callable[[], T], tries: int = 8, first_delay: float = 1.0) -> T:
+    """`call()`, tried again with growing pauses while the server is busy or unreachable (5xx, 429, a dropped
+    connection): a grid of hundreds of runs outlives a server's bad minute instead of dying of it."""
+    delay = first_delay
+    for attempt in range(tries):
+        try:
+            return call()
+        except (PrefectHTTPStatusError, httpx.TransportError) as exc:
+            status = exc.response.status_code if isinstance(exc, PrefectHTTPStatusError) else None
+            if (status is not None and status < 500 and status != 429) or attempt == tries - 1:
+                raise
+            time.sleep(delay)
+            delay = min(30.0, 2 * delay)
+    raise AssertionError("unreachable")
 
 
 class PoolError(AvsedError):
@@ -103,11 +123,15 @@ class PoolExecutor:
         self._runs: dict[Any, tuple[Unit, GridSpec]] = {}
         self._active_since: dict[Any, float] = {}  # when this process first saw the run past Scheduled
         self.submitted = self.polls = self.most_in_flight = 0
+        self._grid = uuid.uuid4().hex  # this grid's submissions, for their idempotency keys
 
     def submit(self, unit: Unit, spec: GridSpec, attempt: int) -> Hashable:
-        run = run_deployment(self.deployments[TRAIN_FLOW if unit.kind == "train" else EVALUATE_FLOW],
-                             parameters=unit_parameters(unit, spec), timeout=0, tags=self.tags,
-                             flow_run_name=f"{unit.name}" + (f"-attempt{attempt + 1}" if attempt else ""))
+        name = f"{unit.name}" + (f"-attempt{attempt + 1}" if attempt else "")
+        # The idempotency key makes a submission repeated after a lost answer the same flow run, not a second one.
+        run = _patiently(lambda: run_deployment(
+            self.deployments[TRAIN_FLOW if unit.kind == "train" else EVALUATE_FLOW],
+            parameters=unit_parameters(unit, spec), timeout=0, tags=self.tags, flow_run_name=name,
+            idempotency_key=f"{self._grid}-{name}"))
         self._runs[run.id] = (unit, spec)
         self.submitted += 1
         self.most_in_flight = max(self.most_in_flight, len(self._runs))
@@ -124,8 +148,8 @@ class PoolExecutor:
     def _poll(self, handles: Sequence[Hashable]) -> list[tuple[Hashable, Outcome]]:
         self.polls += 1
         with get_client(sync_client=True) as client:
-            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(handles))),
-                                         limit=len(handles))
+            runs = _patiently(lambda: client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=list(handles))), limit=len(handles)))
             finished = []
             for run in runs:
                 outcome = outcome_of(run.state)
@@ -133,7 +157,8 @@ class PoolExecutor:
                     dead = self._dead_holder(run)
                     if dead is None:
                         continue
-                    client.set_flow_run_state(run.id, Crashed(message=f"avsed grid: {dead}"), force=True)
+                    _patiently(lambda: client.set_flow_run_state(run.id, Crashed(message=f"avsed grid: {dead}"),
+                                                                 force=True))
                     outcome = Outcome("lost", dead)
                 finished.append((run.id, outcome))
                 self._runs.pop(run.id, None)

@@ -165,3 +165,28 @@ def test_a_work_pool_without_a_prefect_server_is_one_line(tmp_path, monkeypatch,
                      "avsed-gpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--work-pool: set PREFECT_API_URL" in err[0]
+
+
+def test_the_pool_outlives_a_busy_server_but_not_a_refusal():
+    import httpx
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    from grid.pool import _patiently
+
+    def status_error(code: int) -> PrefectHTTPStatusError:
+        request = httpx.Request("POST", "http://127.0.0.1/api/x")
+        return PrefectHTTPStatusError("busy", request=request, response=httpx.Response(code, request=request))
+
+    answers = [httpx.ConnectError("refused"), status_error(503), "ok"]
+
+    def call():
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert _patiently(call, first_delay=0) == "ok" and not answers
+    answers[:] = [status_error(422), "never"]
+    with pytest.raises(PrefectHTTPStatusError):
+        _patiently(call, first_delay=0)
+    assert answers == ["never"]  # a refusal is not asked again
