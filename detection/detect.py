@@ -51,7 +51,7 @@ class Recording:
     events: list[Event]
     window_weights: np.ndarray  # (windows, S) interpolation weights used (a learned gate's: mean over frames)
     window_video: np.ndarray  # (windows,) bool: the window had video
-    video_seconds: float  # of picture the file holds (0 without a picture stream)
+    video_seconds: float  # of picture used (to its last decoded frame; 0 without a picture or a visual stream)
     warnings: list[str] = field(default_factory=list)
     outputs: dict[str, Path] = field(default_factory=dict)
 
@@ -121,9 +121,10 @@ class _GateTap:
 
 
 def _visual_batch(det: Detector, path: Path, grid: WindowGrid, windows: np.ndarray
-                  ) -> tuple[list[torch.Tensor], list[torch.Tensor], np.ndarray]:
-    """Per visual stream (B, 64, D) standardised embeddings (zeros where invalid) and (B, 64) key masks, and the
-    windows' availability (B,), from one decode of the span the windows cover."""
+                  ) -> tuple[list[torch.Tensor], list[torch.Tensor], np.ndarray, float]:
+    """Per visual stream (B, 64, D) standardised embeddings (zeros where invalid) and (B, 64) key masks, the
+    windows' availability (B,), and where the last valid frame of the span ends (s), from one decode of the span
+    the windows cover."""
     timing = det.timing
     step = timing.clip_seconds / timing.video_frames
     first = np.rint(grid.start_seconds(windows) / step).astype(np.int64)  # nearest video frame to each start
@@ -147,7 +148,8 @@ def _visual_batch(det: Detector, path: Path, grid: WindowGrid, windows: np.ndarr
         visual.append(torch.from_numpy(data))
         # windows without the stream attend to all (zero) frames, as in training: their weight 0 removes them
         valids.append(torch.from_numpy(mask | ~available[:, None]))
-    return visual, valids, available
+    picture_end = (base + int(used[-1]) + 1) * step if len(used) else 0.0
+    return visual, valids, available, picture_end
 
 
 @torch.no_grad()
@@ -168,6 +170,7 @@ def detect_recording(det: Detector, path: Path, name: str, hop_seconds: float = 
     probs = np.zeros((grid.n_windows, grid.window_frames, len(det.classes)), dtype=np.float32)
     weights = np.zeros((grid.n_windows, n_streams), dtype=np.float32)
     video = np.zeros(grid.n_windows, dtype=bool)
+    video_seconds = 0.0  # of picture seen (up to its last decoded frame)
     tap = _GateTap(det.model)
     device = next(det.model.parameters()).device
     bar = tqdm(total=grid.n_windows, desc=f"windows {name}"[:40], unit="window", leave=False, position=position,
@@ -180,7 +183,8 @@ def detect_recording(det: Detector, path: Path, name: str, hop_seconds: float = 
             logmel = np.nan_to_num(_standardise(logmel, det.stats[AUDIO_STREAM]), nan=0.0, posinf=0.0, neginf=0.0)
             b = len(windows)
             if n_streams > 1 and use_video:
-                visual, valids, available = _visual_batch(det, path, grid, windows)
+                visual, valids, available, picture_end = _visual_batch(det, path, grid, windows)
+                video_seconds = max(video_seconds, min(picture_end, duration))
             else:  # no picture (or the visual stream's weights are unavailable): zeros, availability 0
                 frames = det.timing.video_frames
                 visual = [torch.zeros(b, frames, int(d)) for d in _visual_dims(det)]
@@ -203,9 +207,6 @@ def detect_recording(det: Detector, path: Path, name: str, hop_seconds: float = 
     binary = postprocess(timeline[None], det.thresholds, det.filter_sizes)[0]
     events = LabelEncoder(det.classes, grid.recording_timing()).decode_strong(binary)
     events = [e for e in events if e.offset > e.onset]
-    video_seconds = 0.0
-    if use_video or info.has_video:
-        video_seconds = float(min(duration, info.duration or duration)) if info.has_video else 0.0
     return Recording(name, path, duration, grid, timeline, events, weights, video, video_seconds, warnings)
 
 

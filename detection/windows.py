@@ -2,8 +2,11 @@
 
 Window starts lie on the model's output-frame grid (a hop of `round(hop_seconds / frame)` output frames, 32 for
 5 s), so the frames of overlapping windows coincide exactly and are averaged frame by frame; a frame covered by
-k windows gets the mean of their k probabilities. The last window reaches past the recording's end (padded with
-silence, as a short training clip is); frames past the end are dropped. All times come from `ClipTiming`.
+k windows gets the mean of their k probabilities. The last window ends with the recording (it starts off the hop,
+still on the frame grid) instead of reaching past it: seconds of silence padding at the end of a window made the
+models' last frames jump in every class (seen on the demo's bi-encoder). Only a recording shorter than a window is
+padded with silence, as a short training clip is, and frames past its end are dropped. All times come from
+`ClipTiming`.
 """
 
 from __future__ import annotations
@@ -37,12 +40,14 @@ class WindowGrid:
 
     @property
     def n_windows(self) -> int:
-        return 1 + max(0, int(math.ceil((self.n_frames - self.window_frames) / self.hop_frames)))
+        return len(self.starts)
 
     @property
     def starts(self) -> np.ndarray:
-        """First output frame of each window on the recording's timeline."""
-        return np.arange(self.n_windows, dtype=np.int64) * self.hop_frames
+        """First output frame of each window on the recording's timeline: every hop while a window ends before
+        the recording does, then one that ends with it."""
+        regular = np.arange(0, max(0, self.n_frames - self.window_frames), self.hop_frames, dtype=np.int64)
+        return np.append(regular, max(0, self.n_frames - self.window_frames)).astype(np.int64)
 
     def start_seconds(self, windows: np.ndarray | None = None) -> np.ndarray:
         starts = self.starts if windows is None else self.starts[windows]

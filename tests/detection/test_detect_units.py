@@ -43,6 +43,7 @@ def test_windows_past_the_videos_end_take_the_audio_only_path(media, tmp_path):
     assert with_video.window_video.tolist() == [True, True, False, False]
     np.testing.assert_allclose(with_video.window_weights, [[0.75, 0.25], [0.75, 0.25], [1, 0], [1, 0]])
     assert not without.window_video.any() and (without.window_weights[:, 0] == 1).all()
+    assert with_video.video_seconds == pytest.approx(8.0, abs=0.2) and without.video_seconds == 0.0
     # frames covered only by audio-only windows are the audio-only run's exactly; the others differ
     covered_by_video = np.arange(grid.n_frames) < grid.starts[1] + grid.window_frames
     np.testing.assert_array_equal(with_video.frame_probs[~covered_by_video], without.frame_probs[~covered_by_video])

@@ -16,12 +16,15 @@ def test_a_37_s_recording_in_windows_of_10_s_every_5_s():
     grid = window_grid(TIMING, 37.0, 5.0)
     assert grid.hop_frames == 32  # 5 s on the 0.1565-s output grid: starts coincide with output frames
     assert grid.n_frames == int(np.ceil(37.0 / TIMING.output_frame_seconds))  # 237
-    assert grid.n_windows == 7 and grid.starts.tolist() == [0, 32, 64, 96, 128, 160, 192]
-    assert grid.starts[-1] + grid.window_frames >= grid.n_frames > grid.starts[-2] + grid.window_frames
+    # every 32 frames while a window ends before the recording, then one that ends with it (not past it)
+    assert grid.n_windows == 7 and grid.starts.tolist() == [0, 32, 64, 96, 128, 160, 237 - 64]
+    assert grid.starts[-1] + grid.window_frames == grid.n_frames > grid.starts[-2] + grid.window_frames
     # sample starts are whole output frames of samples (8 hops of 313): the windows' log-mel frames line up
-    assert grid.start_samples().tolist() == [k * 32 * 2504 for k in range(7)]
+    assert grid.start_samples().tolist() == [k * 32 * 2504 for k in range(6)] + [173 * 2504]
     np.testing.assert_allclose(grid.start_seconds()[1], 32 * 0.1565)
-    assert window_grid(TIMING, 37.0, 10.0).n_windows == 4 and window_grid(TIMING, 37.0, 2.5).hop_frames == 16
+    assert window_grid(TIMING, 37.0, 10.0).starts.tolist() == [0, 64, 128, 173]
+    assert window_grid(TIMING, 37.0, 2.5).hop_frames == 16 and window_grid(TIMING, 37.0, 2.5).n_windows == 12
+    assert window_grid(TIMING, 10.0, 5.0).starts.tolist() == [0]  # 64 frames: exactly one window
     for bad in (0.0, 10.1):
         with pytest.raises(ValueError, match="hop"):
             window_grid(TIMING, 37.0, bad)
@@ -49,6 +52,7 @@ def test_cut_windows_pads_past_the_end_with_silence():
     assert cut.shape == (grid.n_windows, TIMING.clip_samples) == (2, 160000)
     assert cut[0, 0] == 1 and cut[1, 0] == grid.start_samples()[1] + 1
     real = len(wave) - grid.start_samples()[1]
+    assert 0 < TIMING.clip_samples - real < 2 * 2504  # the last window ends with the recording: < 2 frames padded
     assert (cut[1, :real] > 0).all() and (cut[1, real:] == 0).all()
 
 
