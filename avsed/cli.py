@@ -248,7 +248,8 @@ def cmd_paper(args: argparse.Namespace) -> int:
         if args.engine != "prefect" or not os.environ.get("PREFECT_API_URL"):
             raise ConfigError("--work-pool: set PREFECT_API_URL to the server the pool's workers poll (and keep "
                               "--engine prefect): the grid submits its units there")
-        options.update(work_pool=args.work_pool, deployment=args.deployment, in_flight=args.in_flight)
+        options.update(work_pool=args.work_pool, deployment=args.deployment, in_flight=args.in_flight,
+                       evaluate_pool=args.evaluate_pool)
     if args.engine == "prefect":
         from flows import in_process_defaults
 
@@ -426,6 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "work pool's train/evaluate deployments (workers on the GPUs run them; "
                                        "needs PREFECT_API_URL); default: run them in this process")
     s.add_argument("--deployment", help="with --work-pool: the deployment name, where the pool has several")
+    s.add_argument("--evaluate-pool", help="with --work-pool: evaluate the runs on this pool's `evaluate` "
+                                           "deployment instead (e.g. a CPU pool)")
     s.add_argument("--in-flight", type=int, default=16, help="with --work-pool: units submitted at once at most")
     s.add_argument("--group-size", type=int, help="seeds of a model trained together in one unit (default: all)")
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)

@@ -91,7 +91,8 @@ def paper_flow(store: str, out_dir: str, seeds: list[int] = list(range(20)),
                features: list[str] | None = None, plots: bool = True, device: str = "auto",
                inference_audio_weights: list[float] = list(PAPER_AUDIO_WEIGHTS),
                learned_modes: list[Literal["clip", "frame"]] = ["clip"], work_pool: str | None = None,
-               deployment: str | None = None, in_flight: int = 16, group_size: int | None = None) -> dict[str, Any]:
+               deployment: str | None = None, evaluate_pool: str | None = None, in_flight: int = 16,
+               group_size: int | None = None) -> dict[str, Any]:
     """Train and evaluate every model of the paper's tables that the store's features allow (20 seeds each by
     default), then write tables.md, table<N>.csv and table<N>.png into out_dir.
 
@@ -114,6 +115,8 @@ def paper_flow(store: str, out_dir: str, seeds: list[int] = list(range(20)),
         work_pool: submit each unit to this work pool's `train` and `evaluate` deployments (prefect.yaml) instead
             of running it here.
         deployment: which deployment name of the pool, where it has several.
+        evaluate_pool: the work pool whose `evaluate` deployment evaluates the runs (e.g. a CPU pool; default
+            `work_pool`).
         in_flight: with a work pool, units submitted and not finished at most (e.g. twice the workers).
         group_size: seeds of a model trained together in one unit (default: all of them).
     """
@@ -121,7 +124,7 @@ def paper_flow(store: str, out_dir: str, seeds: list[int] = list(range(20)),
     logger = get_run_logger()
     shared = resolve_train_config(base, config_file)
     if work_pool:
-        executor, window = PoolExecutor(pool_deployments(work_pool, deployment)), in_flight
+        executor, window = PoolExecutor(pool_deployments(work_pool, deployment, evaluate_pool)), in_flight
     else:
         executor, window = InlineExecutor(
             train=lambda spec, unit: train_model_task(spec, unit, name=unit.name.removeprefix("train-")),

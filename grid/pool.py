@@ -79,27 +79,29 @@ def outcome_of(state) -> Outcome | None:
     return Outcome("lost", f"{state.name}: {message}" if message else state.name)
 
 
-def pool_deployments(work_pool: str, deployment: str | None = None) -> dict[str, str]:
-    """The `train` and `evaluate` deployments of the work pool ("flow/deployment" names); `deployment` picks one
-    name where the pool has several."""
+def pool_deployments(work_pool: str, deployment: str | None = None, evaluate_pool: str | None = None
+                     ) -> dict[str, str]:
+    """The `train` deployment of the work pool and the `evaluate` deployment of `evaluate_pool` (default the same
+    pool; evaluations can go to a CPU pool), as "flow/deployment" names; `deployment` picks one name where a pool
+    has several."""
     with get_client(sync_client=True) as client:
-        found = client.read_deployments(work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[work_pool])),
-                                        flow_filter=FlowFilter(name=FlowFilterName(any_=[TRAIN_FLOW, EVALUATE_FLOW])))
         flows = {f.id: f.name for f in client.read_flows(flow_filter=FlowFilter(
             name=FlowFilterName(any_=[TRAIN_FLOW, EVALUATE_FLOW])))}
-    names: dict[str, list[str]] = {TRAIN_FLOW: [], EVALUATE_FLOW: []}
-    for d in found:
-        if deployment is None or d.name == deployment:
-            names[flows[d.flow_id]].append(f"{flows[d.flow_id]}/{d.name}")
-    for flow, have in names.items():
-        if not have:
-            raise PoolError(f"work pool {work_pool!r}: no `{flow}` deployment"
-                            f"{' named ' + repr(deployment) if deployment else ''}; deploy them from the repository "
-                            f"with `prefect deploy --all --pool {work_pool}` (prefect.yaml)")
-        if len(have) > 1:
-            raise PoolError(f"work pool {work_pool!r} has several `{flow}` deployments ({', '.join(sorted(have))}); "
-                            f"name one with --deployment")
-    return {flow: have[0] for flow, have in names.items()}
+        out = {}
+        for flow, pool in ((TRAIN_FLOW, work_pool), (EVALUATE_FLOW, evaluate_pool or work_pool)):
+            found = client.read_deployments(work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
+                                            flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])))
+            have = [f"{flow}/{d.name}" for d in found
+                    if flows.get(d.flow_id) == flow and (deployment is None or d.name == deployment)]
+            if not have:
+                raise PoolError(f"work pool {pool!r}: no `{flow}` deployment"
+                                f"{' named ' + repr(deployment) if deployment else ''}; deploy them from the "
+                                f"repository with `prefect deploy --all --pool {pool}` (prefect.yaml)")
+            if len(have) > 1:
+                raise PoolError(f"work pool {pool!r} has several `{flow}` deployments ({', '.join(sorted(have))}); "
+                                f"name one with --deployment")
+            out[flow] = have[0]
+    return out
 
 
 def unit_parameters(unit: Unit, spec: GridSpec) -> dict[str, Any]:

@@ -212,3 +212,16 @@ def test_a_unit_with_another_configuration_fails_as_one_line(synthetic_store, re
     assert f"| {MODELS[0]} | 0 | 0 | 0 | 0 | 0 | 2 |" in report and f"| {MODELS[1]} | 0 | 0 | 0 | 0 | 2 | 0 |" in report
     for seed in SEEDS:
         assert_same_run(out / "runs" / MODELS[1] / f"seed{seed}", ref_out / "runs" / MODELS[1] / f"seed{seed}")
+
+
+def test_the_grid_finds_the_pools_deployments_or_says_what_to_deploy(deployed, prefect_env):  # noqa: F811
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from grid.pool import PoolError, pool_deployments
+
+    with temporary_settings({PREFECT_API_URL: prefect_env["PREFECT_API_URL"]}):
+        assert pool_deployments("avsed") == {"train": "train/desed", "evaluate": "evaluate/desed"}
+        with pytest.raises(PoolError, match="work pool 'avsed-cpu': no `evaluate` deployment.*--pool avsed-cpu"):
+            pool_deployments("avsed", evaluate_pool="avsed-cpu")
+        with pytest.raises(PoolError, match="no `train` deployment named 'other'"):
+            pool_deployments("avsed", deployment="other")
