@@ -110,9 +110,16 @@ def extract_config_from_args(args: argparse.Namespace):
 def cmd_extract(args: argparse.Namespace) -> int:
     cfg = extract_config_from_args(args)
     if args.engine == "plain":
-        from pipeline.extract import run_extraction
+        import threading
 
-        report = run_extraction(cfg, progress=not args.json).to_dict()
+        from pipeline.extract import ExtractionInterrupted, run_extraction, sigint_stops
+
+        stop = threading.Event()
+        try:
+            with sigint_stops(stop):  # the first Ctrl-C writes what is in hand; its one line is printed then
+                report = run_extraction(cfg, progress=not args.json, stop=stop).to_dict()
+        except ExtractionInterrupted:
+            return 130
     else:
         from flows import in_process_defaults
 

@@ -72,7 +72,9 @@ class LocalApiServer:
         return subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--host",
              "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
-            env=env, stdin=subprocess.DEVNULL, preexec_fn=_parent_death_signal())
+            # A session of its own: the Ctrl-C meant for the run (its process group) must not take the API server
+            # down under the flow's own shutdown; it ends with this process (the death signal, `stop` at exit).
+            env=env, stdin=subprocess.DEVNULL, preexec_fn=_parent_death_signal(), start_new_session=True)
 
     def start(self) -> "LocalApiServer":
         if self.process is not None:

@@ -7,6 +7,7 @@ flight are bounded by a window of `2 x workers` submitted clips, so memory does 
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -59,8 +60,10 @@ def audio_rows(job: AudioJob, extractors: Mapping[str, AudioExtractor], timing: 
 
 def extract_audio_stream(jobs: Sequence[AudioJob], extractors: Mapping[str, AudioExtractor], writer: ShardWriter,
                          ledger: Ledger, timing: ClipTiming = ClipTiming(), workers: int = 2,
-                         observer: Callable[[str, dict[str, Any]], None] | None = None) -> AudioCounts:
-    """Every job's missing audio features, written through `writer`; returns once they are durable."""
+                         observer: Callable[[str, dict[str, Any]], None] | None = None,
+                         stop: threading.Event | None = None) -> AudioCounts:
+    """Every job's missing audio features, written through `writer`; returns once they are durable. Once `stop`
+    is set (Ctrl-C) no further clip is started: those in hand are written, the rest skipped."""
     counts = AudioCounts(jobs=len(jobs))
     ticket = writer.expect(AUDIO_STAGE, [j.row for j in jobs])
     workers = max(1, int(workers))
@@ -80,7 +83,11 @@ def extract_audio_stream(jobs: Sequence[AudioJob], extractors: Mapping[str, Audi
 
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="avsed-audio") as pool:
         window: dict[Future, AudioJob] = {}
-        for job in jobs:
+        for i, job in enumerate(jobs):
+            if stop is not None and stop.is_set():
+                for rest in jobs[i:]:
+                    writer.skip(AUDIO_STAGE, rest.row)
+                break
             if len(window) >= 2 * workers:
                 done, _ = wait(window, return_when=FIRST_COMPLETED)
                 for f in done:

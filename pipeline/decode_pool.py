@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -71,6 +72,9 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _watch_parent() -> None:
+    # Ctrl-C reaches the whole process group: the run decides what to stop (pipeline.extract.sigint_stops), so a
+    # worker ignores it rather than dying with a KeyboardInterrupt traceback mid-clip.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A parent killed outright (SIGKILL, a crashed run) cannot shut its pool down, and the workers' pipes stay
     # open among themselves: a worker ends itself once orphaned instead of lingering.
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()

@@ -11,17 +11,19 @@ Outcomes (`DownloadResult.status`):
 - `available`: the file is in `out_dir` (for a probe: the video still exists).
 - `missing` + a permanent reason (removed, private, terminated, copyright, geo, age, not_found, unsupported,
   no_youtube_id): recorded in the ledger and not retried unless asked (`retry_missing_reasons`).
-- `failed` + a transient reason or None (network, 5xx, `rate_limited`, `bot_check`, `client_refused`,
-  `format_unavailable`, `deadline`, any message not known to be permanent): retried on the next run.
-  The classes come from `pipeline.download_reasons`.
+- `failed` + a transient reason or None (network, 5xx, `stalled`, `truncated`, `not_media`, `rate_limited`,
+  `bot_check`, `client_refused`, `format_unavailable`, `deadline`, any message not known to be permanent):
+  retried on the next run. The rule and the classes are in `pipeline.download_reasons`.
 - `not_attempted`: the circuit breaker had opened before the clip was tried. Never written to the ledger:
   the caller leaves the clip's entry untouched, so the next run tries it.
 
 Deadlines: every yt-dlp request has `socket_timeout`; the ffmpeg that cuts partial downloads gets the same
 value as its read timeout (`-rw_timeout`), without which a host that sends a little and then stalls keeps it
-waiting forever; and each clip has `clip_deadline_seconds` in all, after which it is recorded `failed` /
-`deadline` and the run goes on. A clip past its deadline keeps its worker (and so its slot) until yt-dlp's
-own timeouts end it, so abandoned work never grows beyond `concurrency` threads (and their ffmpeg children).
+waiting forever (with `-xerror`, so that it ends with an error rather than a short file); and each clip has
+`clip_deadline_seconds` in all, after which it is recorded `failed` / `deadline`, its ffmpeg is killed (found
+by its command line: it calls no progress hook), and the run goes on. `stop()` (Ctrl-C) ends every clip in
+flight as `not_attempted` / `interrupted` (never recorded) and kills their ffmpeg. A clip past its deadline keeps
+its worker (and so its slot) until yt-dlp gives up, so abandoned work never grows beyond `concurrency` threads.
 
 The URL template is YouTube's watch URL by default; tests and the demo point it at the loopback server
 (`pipeline.serve`), whose YouTube-shaped watch URLs go through `pipeline.loopback_youtube`. Partial
@@ -39,19 +41,23 @@ import copy
 import functools
 import queue
 import re
+import string
 import threading
 import time
 import warnings
 from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, field, replace
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 
+import psutil
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from tqdm.auto import tqdm
 
 from pipeline.circuit_breaker import CircuitBreaker
-from pipeline.download_reasons import classify_download_error, classify_message  # noqa: F401 - re-exported
+from pipeline.download_reasons import (NOT_MEDIA_MESSAGE, classify_download_error,  # noqa: F401 - re-exported
+                                       classify_message)
 from pipeline.errors import AvsedError
 from pipeline.ffmpeg_bin import ensure_ffmpeg_on_path, ffmpeg_exe
 
@@ -69,6 +75,7 @@ DEFAULT_FORMAT = "bv*[height>=?224]/bv*/b"
 DEFAULT_FORMAT_SORT = ("+res", "vcodec:h264", "+size", "+br")
 
 RESULT_STATUSES = ("available", "missing", "failed", "not_attempted")
+_ABANDONED_POLL_SECONDS = 0.2  # how often an abandoned clip's ffmpeg is looked for (and killed)
 
 
 class DownloadConfig(BaseModel):
@@ -119,6 +126,11 @@ class DownloadConfig(BaseModel):
 
     # The checks raise AvsedError (one line from `avsed`, never retried); they run before the bounds in the schema
     # (which the Prefect server checks) so that the message names the setting.
+    @field_validator("url_template", mode="before")
+    @classmethod
+    def _url_template(cls, value):
+        return checked_url_template(value)
+
     @field_validator("concurrency", mode="before")
     @classmethod
     def _concurrency(cls, value):
@@ -158,6 +170,28 @@ class DownloadConfig(BaseModel):
         return ("age",) if self.cookies_file else ()
 
 
+def checked_url_template(value) -> str:
+    """The template, or one line naming what is wrong with it: a template without `{youtube_id}` would fetch one
+    video (or one error) for every clip, and an unknown placeholder fails every clip the same way."""
+    example = "https://www.youtube.com/watch?v={youtube_id}"
+    if not isinstance(value, str):
+        raise AvsedError(f"download.url_template must be a string such as {example}; got {value!r}")
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(value) if f is not None]
+    except ValueError as exc:
+        raise AvsedError(f"download.url_template {value!r} is not a valid template ({exc}); write a literal brace "
+                         f"as {{{{ or }}}}, e.g. {example}") from None
+    unknown = sorted({f for f in fields if f != "youtube_id"})
+    if unknown:
+        names = ", ".join("{" + f + "}" for f in unknown)
+        raise AvsedError(f"download.url_template {value!r} has the unknown placeholder {names}: the only one is "
+                         f"{{youtube_id}} (the video's id), e.g. {example}")
+    if "youtube_id" not in fields:
+        raise AvsedError(f"download.url_template {value!r} has no {{youtube_id}}: every clip would get the same "
+                         f"video; put {{youtube_id}} where the host expects the video's id, e.g. {example}")
+    return value
+
+
 def _checked_extractor_args(value) -> dict[str, dict[str, list[str]]]:
     """`extractor_args` as yt-dlp takes it (extractor keys lower case, every value a list of strings)."""
     example = '{"youtube": {"player_client": ["web"]}}'
@@ -191,6 +225,8 @@ class DownloadResult:
 
 
 NO_YOUTUBE_ID_MESSAGE = "clip name carries no YouTube id (audio-only by construction)"
+
+
 
 
 # -- yt-dlp instances ---------------------------------------------------------------------------------
@@ -236,7 +272,7 @@ def youtubedl_options(config: DownloadConfig, log: _CapturedLog, progress_hook=N
         "extractor_retries": config.retries,
         "socket_timeout": config.socket_timeout,
         # ffmpeg (partial downloads) has no read timeout of its own: a host that stalls would hold it forever
-        "external_downloader_args": {"ffmpeg_i": ["-rw_timeout", str(int(config.socket_timeout * 1_000_000))]},
+        "external_downloader_args": {"ffmpeg_i": ["-xerror", "-rw_timeout", str(int(config.socket_timeout * 1_000_000))]},
         "ffmpeg_location": ffmpeg_exe(),
         "cachedir": False,
         "overwrites": True,  # a leftover from a crashed run is replaced, never appended to
@@ -326,6 +362,24 @@ def find_video(out_dir: Path, clip_id: str) -> Path | None:
     return None
 
 
+PARTIAL_SUFFIXES = (".part", ".ytdl", ".temp")  # yt-dlp's unfinished files (never resumed here: continuedl off)
+
+
+def remove_partial_files(out_dir: Path, clip_id: str | None = None) -> int:
+    """Delete yt-dlp's unfinished files in `out_dir`: of one clip, or (None) all of them, e.g. a killed run's.
+    Returns how many went."""
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return 0
+    stem = clip_stem(clip_id).replace("%%", "%") if clip_id is not None else ""
+    n = 0
+    for p in out_dir.glob(f"{glob_escape(stem)}*" if stem else "*"):
+        if p.suffix in PARTIAL_SUFFIXES and p.is_file():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
 def clip_start_in(path: Path, segment: "YouTubeSegment") -> float:
     """Where the clip begins inside a downloaded file: 0 for a cut file, the segment start for a whole one."""
     return float(segment.start) if Path(path).stem.endswith(WHOLE_MARK) else 0.0
@@ -361,6 +415,10 @@ def _immediate_result(clip_id: str, segment: "YouTubeSegment | None", out_dir: P
 
 
 _FFMPEG_FAILED = "ffmpeg exited with code"
+# What yt-dlp reports when a SIGINT ended its ffmpeg: ffmpeg's status after a signal it caught (255), or the
+# unfinished file it never wrote. Only these wait (`_CTRL_C_GRACE_SECONDS`) for the run's stop before counting.
+_FFMPEG_INTERRUPTED = re.compile(r"ffmpeg exited with code 255|No such file or directory: .*\.part")
+_CTRL_C_GRACE_SECONDS = 1.0
 
 
 def _download_with(ydl, log: _CapturedLog, clip_id: str, segment: "YouTubeSegment", out_dir: Path,
@@ -385,12 +443,22 @@ def _attempt(ydl, log: _CapturedLog, clip_id: str, segment: "YouTubeSegment", ou
         path = _downloaded_path(info, out_dir, clip_id)
     except Exception as exc:  # noqa: BLE001 - per-clip boundary: every failure becomes a ledger outcome
         status, reason, message = classify_download_error(exc)
+        remove_partial_files(out_dir, clip_id)  # never resumed (`continuedl` is off): only clutter
         return DownloadResult(clip_id, segment.youtube_id, status, reason, message, None, clip_start)
     if path is None:
         detail = "; ".join(log.lines[-3:]) or "yt-dlp finished without a file"
         return DownloadResult(clip_id, segment.youtube_id, "failed", None, detail, None, clip_start)
+    if _is_web_page(path):  # a host that answers every request with a page (captive portal, consent page)
+        path.unlink(missing_ok=True)
+        return DownloadResult(clip_id, segment.youtube_id, "failed", "not_media", NOT_MEDIA_MESSAGE, None, clip_start)
     return DownloadResult(clip_id, segment.youtube_id, "available", None, "; ".join(log.lines[-3:]), path,
                           clip_start_in(path, segment))
+
+
+def _is_web_page(path: Path) -> bool:
+    with Path(path).open("rb") as fh:
+        head = fh.read(512).lstrip().lower()
+    return head.startswith((b"<!doctype html", b"<html", b"<head", b"<body"))
 
 
 def _downloaded_path(info: dict | None, out_dir: Path, clip_id: str) -> Path | None:
@@ -479,8 +547,10 @@ class DownloadSession:
     not yet started and waits for those running (at most until their deadlines). Use it as a context manager.
     """
 
-    def __init__(self, config: DownloadConfig = DownloadConfig(), out_dir: str | Path | None = None):
+    def __init__(self, config: DownloadConfig = DownloadConfig(), out_dir: str | Path | None = None,
+                 stop: threading.Event | None = None):
         _check_cookies_file(config)  # once, before any thread: every clip would fail the same way
+        self._stop = stop  # the run's Ctrl-C (pipeline.extract.sigint_stops), which also reaches yt-dlp's ffmpeg
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.breaker = CircuitBreaker(int(config.breaker_threshold))
@@ -490,6 +560,7 @@ class DownloadSession:
         self._watchdog: threading.Thread | None = None
         self._closed = False
         self._stopped = False
+        self._interrupted = False
         self._cookie_lock = threading.Lock()  # YoutubeDL.close() writes the cookies file: one at a time
 
     # -- the public side --------------------------------------------------------------------------------
@@ -509,13 +580,8 @@ class DownloadSession:
             if self._closed:
                 return
             self._closed = True
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                job.future.cancel()
+        for job in self._drain():
+            job.future.cancel()
         for _ in self._workers:
             self._queue.put(None)
         with self._cond:
@@ -524,8 +590,65 @@ class DownloadSession:
                 self._cond.wait(0.5)
             self._stopped = True
             self._cond.notify_all()
-        if self._watchdog is not None:
-            self._watchdog.join(timeout=5)
+        if self._watchdog is not None and not any(w.job is not None and w.job.abandoned for w in self._workers):
+            self._watchdog.join(timeout=5)  # (with abandoned clips it stays, to kill their ffmpeg)
+        self._kill_ffmpeg(None)  # an abandoned clip's ffmpeg never outlives the session
+
+    def stop(self) -> None:
+        """Stop at once (Ctrl-C): the clips not started and those running come back `not_attempted` (reason
+        `interrupted`: the ledger keeps what it had), and the ffmpeg processes cutting them are killed."""
+        with self._cond:
+            self._interrupted = True
+            running = [w.job for w in self._workers if w.job is not None and not w.job.abandoned]
+            for job in running:
+                job.abandoned = True
+                job.cancel.set()
+            self._cond.notify_all()
+        for job in self._drain() + running:
+            self._resolve(job, self._interrupted_result(job))
+        self._kill_ffmpeg(None)
+
+    def _killed_by_ctrl_c(self, result: DownloadResult) -> bool:
+        """Whether a failure is the run's Ctrl-C, which reaches the ffmpeg cutting a clip (it shares the run's
+        process group) a moment before the run's own stop does: such a failure says nothing about the video."""
+        if self._interrupted:
+            return True
+        if result.status != "failed" or self._stop is None or not _FFMPEG_INTERRUPTED.search(result.message or ""):
+            return False
+        return self._stop.wait(_CTRL_C_GRACE_SECONDS)
+
+    def _drain(self) -> list["_Job"]:
+        """The jobs still queued (not started), taken off the queue."""
+        jobs = []
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                return jobs
+            if job is not None:
+                jobs.append(job)
+
+    def _interrupted_result(self, job: "_Job") -> DownloadResult:
+        return DownloadResult(job.clip_id, job.segment.youtube_id, "not_attempted", "interrupted",
+                              "the run was interrupted before this clip's download finished", None)
+
+    def _kill_ffmpeg(self, clip_id: str | None) -> None:
+        """Kill the ffmpeg processes (yt-dlp's children, cutting partial downloads) writing into this session's
+        folder: of one clip, or all of them. Found by their command line, which names the output file."""
+        if self.out_dir is None:
+            return
+        folder = str(self.out_dir)
+        stem = clip_stem(clip_id).replace("%%", "%") if clip_id is not None else None
+        for proc in _ffmpeg_children():
+            try:
+                args = proc.cmdline()
+            except psutil.Error:
+                continue
+            if any(folder in a and (stem is None or stem in a) for a in args):
+                try:
+                    proc.kill()
+                except psutil.Error:
+                    pass
 
     def __enter__(self) -> "DownloadSession":
         return self
@@ -587,6 +710,9 @@ class DownloadSession:
                     return
                 if not job.future.set_running_or_notify_cancel():
                     continue  # cancelled while it waited
+                if self._interrupted:
+                    self._resolve(job, self._interrupted_result(job))
+                    continue
                 if self.breaker.is_open:
                     self._resolve(job, self._not_attempted(job))
                     continue
@@ -607,6 +733,8 @@ class DownloadSession:
                     self._finish(worker, job, exc=exc)
                     ydl = self._discard(ydl)
                     continue
+                if self._killed_by_ctrl_c(result):
+                    result = self._interrupted_result(job)
                 self.breaker.record(result.status, result.reason)
                 if self._finish(worker, job, result=result):
                     ydl = self._discard(ydl)  # it was interrupted mid-download: start the next clip afresh
@@ -651,11 +779,15 @@ class DownloadSession:
             job.future.set_result(result)
 
     def _watch(self) -> None:
-        """Resolve every running clip that passes its deadline as failed, and ask its download to stop."""
+        """Resolve every running clip that passes its deadline as failed, and ask its download to stop; kill the
+        ffmpeg of an abandoned clip whenever one appears (yt-dlp may start it after the deadline), until every
+        abandoned worker is free, also after `close`."""
         while True:
             expired: list[_Job] = []
             with self._cond:
-                if self._stopped:
+                abandoned = [w.job.clip_id for w in self._workers
+                             if w.job is not None and w.job.abandoned and w.thread.is_alive()]
+                if self._stopped and not abandoned:
                     return
                 now = time.monotonic()
                 running = [w.job for w in self._workers if w.job is not None and not w.job.abandoned]
@@ -664,18 +796,41 @@ class DownloadSession:
                         job.abandoned = True
                         job.cancel.set()
                         expired.append(job)
-                if not expired:
+                if not expired and not abandoned:
                     waits = [job.deadline - now for job in running]
                     self._cond.wait(min(waits) if waits else None)
                     continue
-                self._cond.notify_all()  # close() may be waiting for these
+                if not expired:
+                    waits = [job.deadline - now for job in running]
+                    self._cond.wait(min(waits + [_ABANDONED_POLL_SECONDS]))
+                else:
+                    self._cond.notify_all()  # close() may be waiting for these
+            for clip_id in abandoned:
+                self._kill_ffmpeg(clip_id)
             for job in expired:
+                self._kill_ffmpeg(job.clip_id)  # its ffmpeg calls no progress hook: only a kill ends it now
                 seconds = float(self.config.clip_deadline_seconds)
                 self._resolve(job, DownloadResult(
                     job.clip_id, job.segment.youtube_id, "failed", "deadline",
                     f"clip {job.clip_id}: the {'probe' if job.kind == 'probe' else 'download'} stalled: no result "
                     f"within {seconds:g} s (download.clip_deadline_seconds); it is retried on the next run",
                     None, 0.0 if self.config.partial else float(job.segment.start)))
+
+
+def _ffmpeg_children() -> list["psutil.Process"]:
+    """This process's ffmpeg descendants (yt-dlp starts them for partial downloads)."""
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return []
+    out = []
+    for proc in children:
+        try:
+            if "ffmpeg" in proc.name():
+                out.append(proc)
+        except psutil.Error:
+            continue
+    return out
 
 
 # -- many clips ---------------------------------------------------------------------------------------

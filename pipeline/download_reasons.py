@@ -1,13 +1,31 @@
-"""Reason classes of a failed download or probe, for the ledger: from yt-dlp's exception types, the HTTP status,
-and the messages YouTube's player gives (as yt-dlp's YouTube extractor raises them).
+"""Reason classes of a failed download, probe or decode, for the ledger: from yt-dlp's exception types, the HTTP
+status, the messages YouTube's player gives (as yt-dlp's YouTube extractor raises them) and how ffmpeg ended.
 
-`classify_download_error(exc)` -> (status, reason, message): `missing` with a permanent reason only for what is
-known to mean "this video is gone, or closed to clients like ours"; everything else `failed` (retried on the
-next run), with a reason where one is known (`rate_limited`, `bot_check`, `client_refused`, `format_unavailable`,
-`upcoming`, `deadline`) and None otherwise. Refusals of the client carry a note on what to do.
+THE RULE (the one place it is stated): a video is recorded PERMANENTLY `missing` only on the host's definitive
+answer: HTTP 404 / 410 / 451, a removed / private / terminated / copyright / geo / age / DRM message, or a
+complete download whose streams really hold no usable video (`corrupt`). Everything else is TRANSIENT: `failed`
+with its own reason where one is known, retried on the next run (with backoff, `retry_due`), its file kept:
+
+    stalled          a read timed out (a host that sends the headers and a little, then nothing)
+    truncated        fewer bytes arrived than the host announced (the connection closed early)
+    not_media        the response is not a media file (an HTML page with status 200: captive portal, consent page)
+    decoder_killed   the ffmpeg decoding a downloaded file died of a signal (the out-of-memory killer); the file
+                     is kept and decoded again next run
+    deadline         the clip ran past `download.clip_deadline_seconds`
+    rate_limited, bot_check, client_refused, format_unavailable, upcoming: the host refuses this client or request
+    None             any other network error, 5xx, or a message not known to be permanent
+
+A download counts as complete only when yt-dlp finished it: its HTTP downloader checks the announced length, and
+the ffmpeg that cuts partial downloads runs with `-xerror` (a read error or timeout ends it with an error instead
+of an early, silent end of file). So `corrupt` after a complete download is the file's own fault, not the wire's.
+
+`classify_download_error(exc)` -> (status, reason, message); `decode_outcome(reason)` -> (status, reason) for a
+decoder's verdict on a downloaded file. Refusals of the client carry a note on what to do.
 """
 
 from __future__ import annotations
+
+import re
 
 from pipeline.circuit_breaker import REFUSAL_ADVICE, WHAT_TO_DO
 
@@ -86,6 +104,10 @@ _MESSAGE_CLASSES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 )
 
 
+# urllib3 / yt-dlp's IncompleteRead as text: "4096 bytes read, 575 more expected"
+_INCOMPLETE = re.compile(r"\d+ bytes read, \d+ more expected")
+
+
 def classify_message(message: str) -> tuple[str, str | None] | None:
     """(status, reason) of a message from YouTube or yt-dlp, or None when the message is not known."""
     text = message.lower().replace("\u2019", "'")
@@ -93,6 +115,29 @@ def classify_message(message: str) -> tuple[str, str | None] | None:
         if any(m in text for m in markers):
             return status, reason
     return None
+
+
+# Reasons of `failed` records that a decoder gives (`pipeline.frames.VideoError.reason`): the file is kept.
+TRANSIENT_DECODE_REASONS = ("decoder_killed",)
+NOT_MEDIA_MESSAGE = ("the host answered a web page, not a video (a captive portal or consent page?); "
+                     "retried on the next run")
+
+
+def decode_outcome(reason: str) -> tuple[str, str]:
+    """(status, reason) for the ledger when a complete download cannot be decoded: `failed` (file kept, retried
+    next run) when the decoder itself was killed, otherwise `missing` (the file is deleted)."""
+    if reason in TRANSIENT_DECODE_REASONS:
+        return "failed", reason
+    return "missing", reason
+
+
+def retry_due(attempts: int, last_checked_age_hours: float) -> bool:
+    """Whether a `failed` clip is retried by this run: always for its first 5 attempts, then once the hours since
+    its last attempt reach 2 ** (attempts - 5) (1, 2, 4, ... at most a week): a clip that keeps failing costs a
+    request now and then, not one per run."""
+    if attempts < 5:
+        return True
+    return last_checked_age_hours >= min(2.0 ** (attempts - 5), 24.0 * 7)
 
 
 def _http_reason(status: int) -> tuple[str, str | None]:
@@ -141,8 +186,9 @@ def classify_download_error(exc: BaseException) -> tuple[str, str | None, str]:
     `failed` (transient: retried on the next run) with its message kept. Refusals of the client (bot check,
     rate limit) carry a note on what to do.
     """
-    from yt_dlp.networking.exceptions import HTTPError, TransportError
-    from yt_dlp.utils import DownloadCancelled, ExtractorError, GeoRestrictedError, UnsupportedError
+    from yt_dlp.networking.exceptions import HTTPError, IncompleteRead, TransportError
+    from yt_dlp.utils import (ContentTooShortError, DownloadCancelled, ExtractorError, GeoRestrictedError,
+                              UnsupportedError)
 
     message = str(exc).strip()
     if message.startswith("ERROR: "):
@@ -154,13 +200,22 @@ def classify_download_error(exc: BaseException) -> tuple[str, str | None, str]:
     for e in chain:
         if isinstance(e, GeoRestrictedError):
             return "missing", "geo", message
-        if isinstance(e, UnsupportedError):
-            return "missing", "unsupported", message
+        if isinstance(e, UnsupportedError):  # the generic extractor found a web page where a video was expected
+            return "failed", "not_media", f"{message} ({NOT_MEDIA_MESSAGE})"
+        if isinstance(e, ContentTooShortError):
+            return "failed", "truncated", message
         if isinstance(e, DownloadCancelled):  # our progress hook, at the clip's deadline
             return "failed", "deadline", message
     for e in chain:
+        if isinstance(e, IncompleteRead):
+            return "failed", "truncated", message
         if isinstance(e, (TransportError, TimeoutError, ConnectionError)):
-            return "failed", None, message
+            return "failed", "stalled" if "timed out" in message.lower() else None, message
+    # yt-dlp's retry loop reports the last error as text only ("Got error: ...")
+    if _INCOMPLETE.search(message):
+        return "failed", "truncated", message
+    if "timed out" in message.lower():
+        return "failed", "stalled", message
     # the extractor's own text, without yt-dlp's "[extractor] <id>: " (an id could contain a marker's letters)
     own = next((e.orig_msg for e in chain if isinstance(e, ExtractorError) and getattr(e, "orig_msg", None)),
                message)

@@ -11,24 +11,34 @@ for any number of clips).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import functools
 import json
+import os
 import shutil
+import signal
+import sqlite3
+import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
+
+import psutil
 
 from tqdm.auto import tqdm
 
 from features.base import AudioExtractor, FeatureExtractor, FrameExtractor, build_extractor, extractor_class
 from pipeline.audio_stage import AudioJob, extract_audio_stream
-from pipeline.download import NO_YOUTUBE_ID_MESSAGE, DownloadSession, probe_clips
+from pipeline.download import NO_YOUTUBE_ID_MESSAGE, DownloadSession, probe_clips, remove_partial_files
+from pipeline.download_reasons import retry_due
 from pipeline.errors import AvsedError
 from pipeline.extract_config import ExtractConfig
 from pipeline.labels import ClipTiming
-from pipeline.ledger import Ledger, VideoRecord, open_ledger_for_store
+from pipeline.ledger import Ledger, LedgerEntry, VideoRecord, open_ledger_for_store
 from pipeline.manifest import read_manifest
 from pipeline.stats import update_feature_stats
 from pipeline.store import DEFAULT_CLIPS_PER_SHARD, FeatureStore, StoreLock
@@ -36,7 +46,8 @@ from pipeline.streaming import Observer, VideoCounts, VideoJob, VideoStream
 from pipeline.writer import ShardWriter, shard_groups
 
 __all__ = ["AudioJob", "VideoJob", "ExtractConfig", "ExtractionPlan", "ExtractionReport", "ExtractionRun",
-           "plan_extraction", "run_extraction", "extract_shard", "finish_extraction", "probe_cached_videos"]
+           "plan_extraction", "run_extraction", "ExtractionInterrupted", "sigint_stops", "extract_shard",
+           "finish_extraction", "probe_cached_videos"]
 
 
 @dataclass
@@ -152,6 +163,7 @@ def plan_extraction(config: ExtractConfig, timing: ClipTiming = ClipTiming()) ->
     Reads the store's masks and the ledger once each (no query per clip): at DESED size this is what keeps a
     rerun with nothing to do cheap.
     """
+    remove_partial_files(config.video_path)  # what a killed run left half-downloaded (never resumed)
     manifest = read_manifest(config.metadata, config.audio_dir)
     if not manifest.clips:
         raise AvsedError(f"{config.metadata}: the manifest has no usable clips; check the metadata path and its tsv files")
@@ -182,6 +194,7 @@ def plan_extraction(config: ExtractConfig, timing: ClipTiming = ClipTiming()) ->
             entries = ledger.entries()
             due = (ledger.due_for_recheck(None, config.recheck_after_days) if config.recheck_available else set())
             retry = set(config.download.retry_missing_reasons)
+            now = datetime.now(timezone.utc)
             no_id = []
             for clip, row in zip(manifest.clips, rows):
                 entry = entries.get(clip.clip_id)
@@ -192,8 +205,9 @@ def plan_extraction(config: ExtractConfig, timing: ClipTiming = ClipTiming()) ->
                 todo = tuple(f for f in video_features if not present[f][row])
                 if todo:
                     # never seen, transient failure or seen available: try; permanently missing: only when asked
-                    if (entry is None or entry.status in ("failed", "available") or config.recheck_missing
-                            or entry.reason in retry):
+                    # (a clip that keeps failing is retried with backoff: download_reasons.retry_due)
+                    if (entry is None or entry.status == "available" or config.recheck_missing
+                            or (entry.status == "failed" and _retry_due(entry, now)) or entry.reason in retry):
                         video_jobs.append(VideoJob(row, clip.clip_id, clip.segment, todo))
                 elif clip.clip_id in due:
                     probe_jobs.append(VideoJob(row, clip.clip_id, clip.segment, ()))
@@ -207,6 +221,14 @@ def plan_extraction(config: ExtractConfig, timing: ClipTiming = ClipTiming()) ->
                           video_jobs, probe_jobs, [str(p) for p in manifest.problems], [str(c) for c in sync.changes])
 
 
+def _retry_due(entry: LedgerEntry, now: datetime) -> bool:
+    try:
+        hours = (now - datetime.fromisoformat(entry.last_checked)).total_seconds() / 3600.0
+    except ValueError:  # an unreadable time: try it
+        return True
+    return retry_due(entry.attempts, hours)
+
+
 # --- one run's writer, ledger, downloads and video stream ------------------------------------------------------
 
 class ExtractionRun:
@@ -215,8 +237,9 @@ class ExtractionRun:
     The video parts start on first use. Use as a context manager; `close()` waits until every row is written."""
 
     def __init__(self, config: ExtractConfig, timing: ClipTiming = ClipTiming(), observer: Observer | None = None,
-                 decode_workers: int | None = None):
+                 decode_workers: int | None = None, stop: threading.Event | None = None):
         self.config, self.timing, self.observer = config, timing, observer
+        self.stop_requested = stop if stop is not None else threading.Event()
         self.decode_workers = decode_workers or config.decode_workers
         self.store = FeatureStore.open(config.store, mode="r+")  # a row writer beside the lock holder
         self.writer = ShardWriter(self.store)
@@ -233,7 +256,8 @@ class ExtractionRun:
         from pipeline.decode_pool import default_decode_workers
 
         counts = extract_audio_stream(jobs, extractors, self.writer, self.ledger, self.timing,
-                                      workers=self.decode_workers or default_decode_workers(), observer=self.observer)
+                                      workers=self.decode_workers or default_decode_workers(), observer=self.observer,
+                                      stop=self.stop_requested)
         report.audio_failed = counts.failed
         report.audio_computed = dict(counts.computed)
         return report
@@ -249,7 +273,7 @@ class ExtractionRun:
 
     def _downloads(self) -> DownloadSession:
         if self._session is None:
-            self._session = DownloadSession(self.config.download, self.config.video_path)
+            self._session = DownloadSession(self.config.download, self.config.video_path, stop=self.stop_requested)
         return self._session
 
     def _start_stream(self, features: Sequence[str]) -> VideoStream:
@@ -272,6 +296,17 @@ class ExtractionRun:
     def embed(self, jobs: Sequence[VideoJob], features: Sequence[str]) -> ExtractionReport:
         return ExtractionReport().add_video(self.stream(features).embed(jobs)) if jobs else ExtractionReport()
 
+    def interrupt(self) -> None:
+        """Ctrl-C: no new clip starts, downloads in flight end (the ledger keeps what it had for them), what is
+        decoded is embedded and written. Call it from a thread, not from a signal handler (it takes locks)."""
+        self.stop_requested.set()
+        with self._starting:
+            stream, session = self._stream, self._session
+        if stream is not None:
+            stream.stop()
+        elif session is not None:
+            session.stop()
+
     def busy_seconds(self) -> dict[str, float]:
         out = dict(self._stream.busy_seconds) if self._stream is not None else {}
         out["write"] = self.writer.busy_seconds
@@ -290,7 +325,9 @@ class ExtractionRun:
     def __enter__(self) -> "ExtractionRun":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.interrupt()  # (the Prefect engine's Ctrl-C): close at once instead of finishing every clip
         self.close()
 
 
@@ -378,37 +415,162 @@ class _Progress:
         self.video.close()
 
 
+class ExtractionInterrupted(Exception):
+    """The run was stopped (Ctrl-C) after writing what it had in hand; `report` counts what it did."""
+
+    def __init__(self, report: "ExtractionReport"):
+        super().__init__("interrupted: the clips in hand were written; a rerun does the rest")
+        self.report = report
+
+
 def run_extraction(config: ExtractConfig, progress: bool = True, timing: ClipTiming = ClipTiming(),
-                   observer: Callable[[str, dict[str, Any]], None] | None = None) -> ExtractionReport:
+                   observer: Callable[[str, dict[str, Any]], None] | None = None,
+                   stop: threading.Event | None = None) -> ExtractionReport:
     """The whole extraction in this process (the flow runs the same stages as Prefect tasks).
 
     `observer(event, details)` is told of each stage's progress ("audio", "downloaded", "decoded", "released",
-    "embedded", "written", "settled").
+    "embedded", "written", "settled"). `stop`: once set (Ctrl-C, `sigint_stops`), no new clip starts, what is in
+    hand is written, and `ExtractionInterrupted` is raised.
     """
-    with StoreLock(config.store, purpose="extract"):  # one writer per store for the whole run
-        return _run_extraction(config, progress, timing, observer)
+    _check_store_path(config)
+    try:
+        with StoreLock(config.store, purpose="extract"):  # one writer per store for the whole run
+            return _run_extraction(config, progress, timing, observer, stop or threading.Event())
+    except (OSError, sqlite3.Error, RuntimeError) as exc:
+        refusal = disk_refusal(exc, config)
+        if refusal is None:
+            raise
+        raise refusal from exc
+
+
+def _check_store_path(config: ExtractConfig) -> None:
+    store = Path(config.store)
+    if store.exists() and not store.is_dir():
+        raise AvsedError(f"store {store} is a file, not a feature store folder: give --store a folder path "
+                         f"(e.g. {store.with_suffix('.zarr')}) or move the file away")
+    for parent in store.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise AvsedError(f"store {store}: {parent} is a file, not a folder; give --store a path under a folder")
+            break
+
+
+# errno -> what it means for a run, and what to do
+_DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is used up",
+                errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+                errno.EPERM: "permission denied"}
+_SQLITE_DISK = (("disk is full", "no space left on the device"),
+                ("readonly database", "the ledger is read-only"),
+                ("unable to open database", "the ledger cannot be opened (a read-only or missing folder?)"),
+                ("disk i/o error", "the disk failed a read or write"))
+
+
+def disk_refusal(exc: BaseException, config: ExtractConfig) -> AvsedError | None:
+    """One line for a run that the disk stopped (full, read-only, no permission), found anywhere in `exc`'s chain
+    (the writer thread and the video stream wrap what they meet); None for anything else (a bug keeps its
+    traceback). What was written stays: the store is consistent after a failure at any write, and a rerun goes on
+    from there once the disk is fixed."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        cause = None
+        where = ""
+        if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
+            cause = _DISK_ERRNOS[exc.errno]
+            where = f" ({exc.filename})" if exc.filename else ""
+        elif isinstance(exc, sqlite3.Error):
+            text = str(exc).lower()
+            cause = next((what for marker, what in _SQLITE_DISK if marker in text), None)
+            where = f" ({config.ledger_path})"
+        if cause is not None:
+            return AvsedError(f"the run stopped: {cause}{where} while writing the store {config.store} or its "
+                              f"ledger [{type(exc).__name__}: {exc}]; what was written is kept and consistent: "
+                              f"fix the disk (free space, a writable folder) and rerun to go on")
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextmanager
+def sigint_stops(stop: threading.Event, command: str = "avsed extract") -> Iterator[None]:
+    """Ctrl-C for a run in this process: the first sets `stop` (the run writes what it has in hand and raises
+    `ExtractionInterrupted`) and prints one line; a second kills this process's children (ffmpeg, decode workers)
+    and ends it at once with status 130: nothing half-written is lost (the store survives a kill at any write).
+    Only in the main thread (where Python delivers signals)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum, frame) -> None:
+        if not stop.is_set():
+            stop.set()
+            print(f"{command}: interrupted: writing the clips in hand, then exiting (Ctrl-C again to stop at once)",
+                  file=sys.stderr, flush=True)
+            return
+        kill_children()
+        os._exit(130)  # no interpreter teardown: its threads (torch's among them) would abort it
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        if not stop.is_set():  # once interrupted, a second Ctrl-C still ends the process at once, up to its exit
+            signal.signal(signal.SIGINT, previous)
+
+
+def kill_children() -> None:
+    """Kill every process this one started (and theirs): decode workers, ffmpeg."""
+    try:
+        children = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+
+
+def _when_set(stop: threading.Event, done: threading.Event, action: Callable[[], None]) -> threading.Thread:
+    """A thread that runs `action` once `stop` is set (a signal handler only sets the event: the action takes
+    locks the interrupted main thread may hold), or ends when `done` is."""
+    def watch() -> None:
+        while not done.is_set():
+            if stop.wait(0.1):
+                action()
+                return
+    thread = threading.Thread(target=watch, name="avsed-stop", daemon=True)
+    thread.start()
+    return thread
 
 
 def _run_extraction(config: ExtractConfig, progress: bool, timing: ClipTiming,
-                    observer: Observer | None) -> ExtractionReport:
+                    observer: Observer | None, stop: threading.Event) -> ExtractionReport:
     t0 = time.perf_counter()
     plan = plan_extraction(config, timing)
     report = ExtractionReport(clips=plan.n_clips, new_clips=plan.new_clips,
                               manifest_problems=list(plan.manifest_problems), label_changes=list(plan.label_changes))
     t1 = time.perf_counter()
     bars = _Progress(plan, progress, observer)
+    done = threading.Event()
     try:
-        with ExtractionRun(config, timing, bars) as run:
+        with ExtractionRun(config, timing, bars, stop=stop) as run:
+            _when_set(stop, done, run.interrupt)
             report.add(run.audio(plan.audio_jobs, plan.audio_features))
             bars.audio.close()
             t2 = time.perf_counter()
-            report.add(probe_cached_videos(config, plan.probe_jobs, progress, downloads=run.downloads()))
+            if not stop.is_set():
+                report.add(probe_cached_videos(config, plan.probe_jobs, progress, downloads=run.downloads()))
             t3 = time.perf_counter()
-            report.add(run.videos(plan.video_jobs, plan.video_features))
+            if not stop.is_set():
+                report.add(run.videos(plan.video_jobs, plan.video_features))
             busy = run.busy_seconds()
         t4 = time.perf_counter()
     finally:
+        done.set()
         bars.close()
+    if stop.is_set():  # what was in hand is written (the store is consistent); statistics wait for a full run
+        report.seconds = time.perf_counter() - t0
+        raise ExtractionInterrupted(report)
     finish_extraction(config)
     t5 = time.perf_counter()
     report.stage_seconds = {"plan": t1 - t0, "audio": t2 - t1, "re-check": t3 - t2, "video": t4 - t3,

@@ -15,12 +15,16 @@ cannot decode (random bytes, truncated, no video stream, zero frames) raise `Vid
 cause starting "corrupt:"; still images and black screens are valid video and decode normally. A video
 that ends before the clip's start says so ("video ends at 6.000 s, before the clip's start at 8.000 s"
 for a whole file; for a partial download, whose cut past the end holds no stream at all, "video ends
-before the clip's start at 8.000 s"), rather than "no video stream".
+before the clip's start at 8.000 s"), rather than "no video stream". An ffmpeg that dies of a signal (the
+out-of-memory killer, a Ctrl-C) raises `VideoError` with a cause starting "decoder_killed:": the file is not at
+fault (`pipeline.download_reasons` makes that transient).
 """
 
 from __future__ import annotations
 
 import re
+import signal
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +83,25 @@ def _stderr_cause(stderr: bytes) -> str:
     return "ffmpeg failed"
 
 
+_RECEIVED_SIGNAL = re.compile(rb"received signal (\d+)")
+
+
+def _killed_by(returncode: int, stderr: bytes) -> str | None:
+    """How a decoder died of a signal ("was killed by SIGKILL"), or None if it ended by itself: a negative exit
+    status is a signal it did not catch; ffmpeg catches SIGINT / SIGTERM and says "received signal N"."""
+    number = -returncode if returncode < 0 else None
+    m = _RECEIVED_SIGNAL.search(stderr) if number is None and returncode != 0 else None
+    if m:
+        number = int(m[1])
+    if number is None:
+        return None
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        name = f"signal {number}"
+    return f"was killed by {name}"
+
+
 def _ends_before_start(stderr: bytes, clip_id: str, start: float) -> str | None:
     """The cause for a video that ends before the clip begins, or None if that is not what happened.
 
@@ -120,11 +143,16 @@ def decode_frames(path: str | Path, clip_id: str, timing: ClipTiming = ClipTimin
         .output("pipe:", format="rawvideo", pix_fmt="rgb24", frames=n)
         .global_args("-nostdin", "-hide_banner", *(("-filter_threads", str(int(threads))) if threads else ()))
     )
-    try:
-        out, err = stream.run(cmd=ffmpeg_exe(), capture_stdout=True, capture_stderr=True, quiet=True)
-    except ffmpeg.Error as exc:
-        stderr = exc.stderr or b""
-        raise VideoError(clip_id, _ends_before_start(stderr, clip_id, start) or f"corrupt: {_stderr_cause(stderr)}") from None
+    # A session of its own: a Ctrl-C meant for the run (its process group) does not kill a decode in hand; the
+    # decode reads a local file and ends by itself within the clip's time (an orphan's stdout breaks sooner).
+    proc = subprocess.run(stream.compile(cmd=ffmpeg_exe()), stdin=subprocess.DEVNULL, capture_output=True,
+                          start_new_session=True)
+    out, err = proc.stdout, proc.stderr
+    killed = _killed_by(proc.returncode, err)
+    if killed:  # the decoder's death, not the file's fault: the file is kept and decoded again next run
+        raise VideoError(clip_id, f"decoder_killed: ffmpeg {killed} while decoding {path.name}; retried on the next run")
+    if proc.returncode != 0:
+        raise VideoError(clip_id, _ends_before_start(err, clip_id, start) or f"corrupt: {_stderr_cause(err)}")
     frame_bytes = size * size * 3
     decoded = len(out) // frame_bytes
     if decoded == 0:

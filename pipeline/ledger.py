@@ -32,6 +32,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
 from urllib.parse import quote
@@ -441,11 +442,14 @@ def rebuild_ledger(ledger_path: str | Path, store: "FeatureStore",
     no_id = [VideoRecord(str(c), None, "missing", "no_youtube_id", NO_YOUTUBE_ID_MESSAGE)
              for c, y in zip(clip_ids, youtube_ids) if not y]
     tmp = path.with_name(f"{path.name}.rebuilding-{os.getpid()}")
-    for leftover in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
-        leftover.unlink(missing_ok=True)
-    with Ledger(tmp) as fresh:
-        fresh.record_many(available, checked_at=NEVER_CHECKED, attempt=False)
-        fresh.record_many(no_id, attempt=False)
+    remove_rebuild_leftovers(path)
+    try:
+        with Ledger(tmp) as fresh:
+            fresh.record_many(available, checked_at=NEVER_CHECKED, attempt=False)
+            fresh.record_many(no_id, attempt=False)
+    except BaseException:  # a full disk, a kill: no half-built ledger stays behind
+        remove_rebuild_leftovers(path)
+        raise
     # Closing checkpointed the WAL into the file. A WAL left beside the lost file must not be replayed into this one.
     if not path.exists():
         for stale in (Path(f"{path}-wal"), Path(f"{path}-shm")):
@@ -456,6 +460,17 @@ def rebuild_ledger(ledger_path: str | Path, store: "FeatureStore",
     return ledger
 
 
+def remove_rebuild_leftovers(ledger_path: str | Path) -> int:
+    """Delete `<ledger>.rebuilding-<pid>` files (and their -wal / -shm) that a rebuild stopped by a full disk or
+    a kill left; the caller holds the store's lock, so no other rebuild is under way. Returns how many went."""
+    path = Path(ledger_path)
+    n = 0
+    for leftover in path.parent.glob(f"{glob_escape(path.name)}.rebuilding-*"):
+        leftover.unlink(missing_ok=True)
+        n += 1
+    return n
+
+
 def open_ledger_for_store(ledger_path: str | Path, store: "FeatureStore") -> Ledger:
     """The ledger of `store`, rebuilt from the store first if its file is gone while the store has clips.
 
@@ -463,6 +478,7 @@ def open_ledger_for_store(ledger_path: str | Path, store: "FeatureStore") -> Led
     clips were never re-checked and status said 0 available).
     """
     path = Path(ledger_path)
+    remove_rebuild_leftovers(path)
     if not path.exists() and store.n_clips > 0:
         return rebuild_ledger(path, store)
     return Ledger(path)

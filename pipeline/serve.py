@@ -24,6 +24,9 @@ Keys of one answer (combine freely):
 - `status`: 200 serves as described above; any other code is answered as is (a short text body).
 - `stall_after_bytes`: the headers promise the whole body, `N` bytes of it are sent, then the connection stays
   open and silent until the client hangs up or the server stops (at most an hour).
+- `close_after_bytes`: the headers promise the whole body, `N` bytes of it are sent, then the connection closes
+  (a truncated transfer: fewer bytes than announced).
+- `trickle_bytes_per_second`: the body is sent at this rate (an endless download for any patience a client has).
 - `bot_check: true`: the player response is YouTube's bot check (`LOGIN_REQUIRED`, "Sign in to confirm
   you’re not a bot"); a direct `/<id>.mp4` request gets 403, as YouTube's video host answers flagged clients.
 - `playability`: a `playabilityStatus` object sent verbatim as the player response (YouTube's age gate, "The
@@ -63,7 +66,8 @@ ANSWERS_FILE = "answers.json"
 ANSWERS_STATE_FILE = "answers.state.json"
 PLAYER_PATH = "/youtubei/v1/player"
 STATS_PATH = "/__avsed__/requests"
-ANSWER_KEYS = ("status", "stall_after_bytes", "bot_check", "playability", "delay_seconds")
+ANSWER_KEYS = ("status", "stall_after_bytes", "close_after_bytes", "trickle_bytes_per_second", "bot_check",
+               "playability", "delay_seconds")
 # YouTube's bot check as its player answers it (note the typographic apostrophe; quoted in yt-dlp issues
 # #11950 and #11981, and the subreason is the text yt-dlp strips in extractor/youtube/_video.py).
 BOT_CHECK_REASON = "Sign in to confirm you\u2019re not a bot"
@@ -112,9 +116,9 @@ def read_answers(directory: Path) -> dict[str, list[dict]]:
                                  f"known: {', '.join(ANSWER_KEYS)}")
             if "status" in answer and not (isinstance(answer["status"], int) and 100 <= answer["status"] <= 599):
                 raise ValueError(f"{path}: answer {answer} of {vid}: status must be an HTTP status code")
-            if "stall_after_bytes" in answer and not (isinstance(answer["stall_after_bytes"], int)
-                                                      and answer["stall_after_bytes"] >= 0):
-                raise ValueError(f"{path}: answer {answer} of {vid}: stall_after_bytes must be an integer >= 0")
+            for key in ("stall_after_bytes", "close_after_bytes", "trickle_bytes_per_second"):
+                if key in answer and not (isinstance(answer[key], int) and answer[key] >= 0):
+                    raise ValueError(f"{path}: answer {answer} of {vid}: {key} must be an integer >= 0")
             if "playability" in answer and not isinstance(answer["playability"], dict):
                 raise ValueError(f"{path}: answer {answer} of {vid}: playability must be an object "
                                  "(YouTube's playabilityStatus)")
@@ -273,7 +277,8 @@ def _handler(state: _HostState) -> type[BaseHTTPRequestHandler]:
                 elif answer.get("bot_check") or "playability" in answer:
                     self._error(403)
                 else:
-                    self._video(video_id, answer.get("stall_after_bytes"), body)
+                    self._video(video_id, answer.get("stall_after_bytes"), body, answer.get("close_after_bytes"),
+                                answer.get("trickle_bytes_per_second"))
             finally:
                 self._done()
 
@@ -307,7 +312,8 @@ def _handler(state: _HostState) -> type[BaseHTTPRequestHandler]:
                 if stalls:
                     self._stall()
 
-        def _video(self, video_id: str, stall_after: int | None, body: bool) -> None:
+        def _video(self, video_id: str, stall_after: int | None, body: bool, close_after: int | None = None,
+                   trickle: int | None = None) -> None:
             if video_id in read_removed(root):
                 self._error(state.removed_status)
                 return
@@ -341,6 +347,9 @@ def _handler(state: _HostState) -> type[BaseHTTPRequestHandler]:
             # a file holding a web page is sent as one, like a host that answers a page instead of a video
             kind = "text/html; charset=utf-8" if head.startswith((b"<!doctype html", b"<html")) else "video/mp4"
             length = end - start + 1
+            closes = body and close_after is not None and close_after < length
+            if closes:  # the same as a stall on the wire, except that the connection then closes
+                stall_after = close_after
             stalls = body and stall_after is not None and stall_after < length
             left = min(length, stall_after) if stalls else length
             if not body:
@@ -357,15 +366,23 @@ def _handler(state: _HostState) -> type[BaseHTTPRequestHandler]:
             try:
                 with path.open("rb") as fh:
                     fh.seek(start)
+                    step = max(1, int(trickle) // 10) if trickle else _CHUNK
                     while left > 0:
-                        chunk = fh.read(min(_CHUNK, left))
+                        chunk = fh.read(min(step, left))
                         if not chunk:
                             break
                         if len(chunk) == left and not stalls:
                             self._done()
                         self.wfile.write(chunk)
                         left -= len(chunk)
-                if stalls:
+                        if trickle:
+                            self.wfile.flush()
+                            if state.stopping.wait(0.1):
+                                return
+                if closes:
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                elif stalls:
                     self._stall()
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client (ffmpeg seeking) closed early: normal

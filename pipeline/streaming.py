@@ -19,6 +19,7 @@ failed: the ledger says why). `run(jobs)` streams download to write; the Prefect
 
 from __future__ import annotations
 
+import hashlib
 import queue
 import threading
 import time
@@ -32,6 +33,8 @@ from features.embedding_worker import EmbeddingWorker, UploadBatch, distinct_fra
 from features.image_batching import TorchImageExtractor
 from pipeline.decode_pool import DecodedFrames, DecodePool, default_decode_workers
 from pipeline.download import DownloadResult, clip_start_in, find_video
+from pipeline.download_reasons import decode_outcome
+from pipeline.errors import AvsedError
 from pipeline.frames import VideoError
 from pipeline.labels import ClipTiming
 from pipeline.ledger import Ledger
@@ -92,6 +95,22 @@ class StreamError(RuntimeError):
     """A stage of the stream failed (a bug or a broken machine, not a clip's problem); the cause is chained."""
 
 
+class SuspectRunError(AvsedError):
+    """Two different video ids gave the same moving pictures: the URL template (or its host) serves one video for
+    every id, and going on would fill the store with wrong rows. The run stops (one line from `avsed`)."""
+
+
+def moving_frames_digest(frames: np.ndarray, valid: np.ndarray) -> bytes | None:
+    """A digest of a clip's decoded frames, or None when they do not move (a black screen or a still image: two
+    uploads of those may well be identical, so they prove nothing)."""
+    shown = frames[valid]
+    if len(shown) < 2 or (shown == shown[:1]).all():
+        return None
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.ascontiguousarray(shown).data)
+    return h.digest()
+
+
 class VideoStream:
     """One run's video pipeline in this process. Use as a context manager; `run`, `download` and `embed` may be
     called from several threads at once (the Prefect flow's tasks), and share the bound."""
@@ -128,6 +147,9 @@ class VideoStream:
         self._paths: dict[int, Path] = {}  # row -> its video file, deleted once its rows are written
         self._counts: dict[int, tuple[VideoCounts, VideoJob]] = {}  # row -> the counts of the call it belongs to
         self._error: BaseException | None = None
+        self.stopping = threading.Event()
+        self._unrecorded: dict[int, DownloadResult] = {}  # row -> its download, available once decoded
+        self._digests: dict[bytes, tuple[str, str]] = {}  # moving frames' digest -> first (clip, video id) with them
         self.busy_seconds: dict[str, float] = {}  # per stage: decode (summed over workers), embed
         self._queues: list[queue.Queue] = [queue.Queue() for _ in self.workers]  # bounded by the slots
         self.writer.on_written = self._written
@@ -140,8 +162,11 @@ class VideoStream:
     def run(self, jobs: Sequence[VideoJob]) -> VideoCounts:
         """Download, decode, embed and write every job; returns once all of them are written or given up."""
         counts, tickets = self._begin(jobs)
-        for job in jobs:
-            self._take_slot()
+        for i, job in enumerate(jobs):
+            if not self._take_slot():  # stopped (Ctrl-C): the clips not started are left for the next run
+                for rest in jobs[i:]:
+                    self._give_up(rest, holds_slot=False)
+                break
             future = self.downloads.submit(job.clip_id, job.segment)
             future.add_done_callback(lambda f, job=job: self._guard(self._downloaded, job, f, True))
         return self._wait(counts, tickets)
@@ -162,10 +187,12 @@ class VideoStream:
         counts, tickets = self._begin(jobs)
         for job in jobs:
             path = find_video(self.video_dir, job.clip_id)
-            if path is None:
+            if path is None or self.stopping.is_set():
                 self._give_up(job, holds_slot=False)
                 continue
-            self._take_slot()
+            if not self._take_slot():
+                self._give_up(job, holds_slot=False)
+                continue
             self._decode(job, path, clip_start_in(path, job.segment))
         return self._wait(counts, tickets)
 
@@ -211,11 +238,26 @@ class VideoStream:
         self._raise()
         return counts
 
-    def _take_slot(self) -> None:
+    def _take_slot(self) -> bool:
+        """A slot for one more clip; False once the stream is stopping (then no slot is held)."""
         while not self._slots.acquire(timeout=0.5):
             self._raise()
+            if self.stopping.is_set():
+                return False
+        if self.stopping.is_set():
+            self._slots.release()
+            return False
         with self._lock:
             self._upstream += 1
+        return True
+
+    def stop(self) -> None:
+        """Ctrl-C: take no new clip, end the downloads in flight (the ledger keeps what it had for them), let the
+        clips already decoded be embedded and written; `run` / `embed` then return."""
+        self.stopping.set()
+        stop_downloads = getattr(self.downloads, "stop", None)
+        if stop_downloads is not None:
+            stop_downloads()
 
     def _raise(self) -> None:
         if self._error is not None:
@@ -229,9 +271,15 @@ class VideoStream:
             self._error = self._error or exc
 
     # --- download -> decode ------------------------------------------------------------------------------------
-    def _record_download(self, job: VideoJob, result: DownloadResult, counts: VideoCounts) -> None:
+    def _record_download(self, job: VideoJob, result: DownloadResult, counts: VideoCounts,
+                         defer_available: bool = False) -> None:
         status = result.status
-        if status != "not_attempted":  # the breaker opened: nothing is known, the ledger stays as it was
+        if defer_available and status == "available" and result.path is not None:
+            # recorded once its frames are decoded and checked (`_decoded`): a run stopped in between (Ctrl-C, a
+            # suspect run) leaves the entry as it was instead of calling a file nobody looked at available
+            with self._lock:
+                self._unrecorded[job.row] = result
+        elif status != "not_attempted":  # the breaker opened: nothing is known, the ledger stays as it was
             self.ledger.record(job.clip_id, result.youtube_id, status, result.reason, result.message)
         name = {"available": "downloaded", "missing": "missing", "failed": "failed"}.get(status, "not_attempted")
         with self._lock:
@@ -241,11 +289,13 @@ class VideoStream:
         result = _result_of(job, future)
         with self._lock:
             counts = self._counts[job.row][0]
-        self._record_download(job, result, counts)
+        self._record_download(job, result, counts, defer_available=True)
         self._emit("downloaded", row=job.row, clip_id=job.clip_id, status=result.status)
-        if result.status == "available" and result.path is not None:
+        if result.status == "available" and result.path is not None and not self.stopping.is_set():
             self._decode(job, Path(result.path), result.clip_start)
-        else:
+        else:  # (stopping: a downloaded file stays on disk, and the next run decodes it)
+            with self._lock:
+                self._unrecorded.pop(job.row, None)
             self._give_up(job, holds_slot)
 
     def _decode(self, job: VideoJob, path: Path, start: float) -> None:
@@ -260,14 +310,26 @@ class VideoStream:
             if not decoded.valid.any():
                 raise VideoError(job.clip_id, "corrupt: no video frame inside the clip's time range")
         except VideoError as exc:
-            self.ledger.record(job.clip_id, job.segment.youtube_id, "missing", exc.reason, str(exc))
             with self._lock:
-                self._counts[job.row][0].corrupt += 1
+                self._unrecorded.pop(job.row, None)
+            status, reason = decode_outcome(exc.reason)  # the rule: pipeline.download_reasons
+            self.ledger.record(job.clip_id, job.segment.youtube_id, status, reason, str(exc))
+            with self._lock:
+                counts = self._counts[job.row][0]
+                if status == "missing":
+                    counts.corrupt += 1
+                else:
+                    counts.failed += 1
                 path = self._paths.pop(job.row, None)
-            if path is not None:
-                path.unlink(missing_ok=True)  # an undecodable file is never kept
+            if path is not None and status == "missing":
+                path.unlink(missing_ok=True)  # an undecodable file is never kept; one whose decoder died is
             self._give_up(job, holds_slot=True)
             return
+        self._check_distinct(job, decoded)
+        with self._lock:
+            downloaded = self._unrecorded.pop(job.row, None)
+        if downloaded is not None:
+            self.ledger.record(job.clip_id, downloaded.youtube_id, "available", None, downloaded.message)
         self._add_seconds("decode", decoded.seconds)
         clips = [distinct_frames(job.row, decoded.frames, decoded.valid, dedup, decoded.unique)
                  for dedup in self.dedup]
@@ -279,6 +341,23 @@ class VideoStream:
             q.put(clip)
         with self._lock:
             self._upstream -= 1
+
+    def _check_distinct(self, job: VideoJob, decoded: DecodedFrames) -> None:
+        """Stop the run (`SuspectRunError`, before this clip reaches the embedding workers) when its moving frames
+        equal another video id's. One 16-byte digest per clip: linear in the run's clips."""
+        digest = moving_frames_digest(decoded.frames, decoded.valid)
+        if digest is None:
+            return
+        with self._lock:
+            first = self._digests.setdefault(digest, (job.clip_id, job.segment.youtube_id))
+        if first[1] != job.segment.youtube_id:
+            with self._lock:
+                self._unrecorded.pop(job.row, None)
+            raise SuspectRunError(
+                f"clips {first[0]} and {job.clip_id} have different video ids ({first[1]}, {job.segment.youtube_id})"
+                f" but identical moving pictures: download.url_template or its host serves one video for every id; "
+                f"the run stopped before filling the store with wrong rows. Check the template and the host "
+                f"(e.g. with yt-dlp on two ids), then rerun")
 
     def _give_up(self, job: VideoJob, holds_slot: bool) -> None:
         """The job yields no rows this run (its outcome is in the ledger)."""

@@ -100,19 +100,19 @@ def test_rerun_after_videos_vanish_and_clips_are_added(reference_run, synth_set,
     old = _arrays(store_path)
     youtube = dict(zip(old_ids, before.strings("youtube_id")))
     available = [cid for cid, p in zip(old_ids, before.present("openl3")) if p]
-    assert len(available) >= 4
-    vanished, source = available[:2], available[2]
+    assert len(available) >= 5
+    # each new clip gets a different served video: two ids with the same moving pictures stop a run (suspect)
+    vanished, sources = available[:2], available[2:5]
     for cid in vanished:
         (data / "videos" / f"{youtube[cid]}.mp4").unlink()
     # three new weak clips with real videos (copies of a clip whose video is still served) and real audio
     new_lines, new_ids = [], []
     weak_tsv = data / "metadata/train/weak.tsv"
     rows = weak_tsv.read_text().splitlines()
-    src_audio = next((data / "audio").rglob(source))
-    for k in range(3):
+    for k, source in enumerate(sources):
         yid = f"newclip{k:04d}"
         name = f"Y{yid}_0.000_10.000.wav"
-        shutil.copy(src_audio, data / "audio/train/weak" / name)
+        shutil.copy(next((data / "audio").rglob(source)), data / "audio/train/weak" / name)
         shutil.copy(data / "videos" / f"{youtube[source]}.mp4", data / "videos" / f"{yid}.mp4")
         new_lines.append(f"{name}\tDog")
         new_ids.append(name)

@@ -11,7 +11,7 @@ import socket
 
 import pytest
 from yt_dlp.networking import Response
-from yt_dlp.networking.exceptions import HTTPError, TransportError
+from yt_dlp.networking.exceptions import HTTPError, IncompleteRead, TransportError
 from yt_dlp.utils import DownloadError, ExtractorError, GeoRestrictedError, UnsupportedError
 
 from pipeline.download import DownloadConfig, classify_download_error, download_clip, download_clips
@@ -126,7 +126,7 @@ def test_complete_file_is_reused_without_a_request(config, tmp_path):
 @pytest.mark.parametrize("youtube_id,status,reason,fragment", [
     ("NotThereXYZ", "missing", "not_found", "HTTP Error 404"),
     (GONE, "missing", "removed", "HTTP Error 410"),
-    (PAGE, "missing", "unsupported", "Unsupported URL"),
+    (PAGE, "failed", "not_media", "Unsupported URL"),  # a web page: transient (captive portal, consent page)
 ])
 def test_unavailable_videos_are_classified(config, tmp_path, youtube_id, status, reason, fragment):
     name, seg = _clip(youtube_id, 0.0, 10.0)
@@ -192,8 +192,10 @@ def test_http_status_classes(status, expected):
 
 
 def test_exception_types():
-    assert classify_download_error(_wrapped(TransportError("timed out")))[:2] == ("failed", None)
-    assert classify_download_error(_wrapped(UnsupportedError("http://x/")))[:2] == ("missing", "unsupported")
+    assert classify_download_error(_wrapped(TransportError("timed out")))[:2] == ("failed", "stalled")
+    assert classify_download_error(_wrapped(TransportError("Connection refused")))[:2] == ("failed", None)
+    assert classify_download_error(_wrapped(IncompleteRead(4096, 575)))[:2] == ("failed", "truncated")
+    assert classify_download_error(_wrapped(UnsupportedError("http://x/")))[:2] == ("failed", "not_media")
     assert classify_download_error(_wrapped(GeoRestrictedError("blocked", countries=["BE"])))[:2] == ("missing", "geo")
     assert classify_download_error(RuntimeError("something odd"))[:2] == ("failed", None)
 
