@@ -226,3 +226,29 @@ def test_the_prefect_flow_detect(trained, recordings, tmp_path):
     assert result["exit_code"] == 0 and len(result["recordings"]) == 1 and len(result["failures"]) == 1
     assert "long1.wav: 37.0 s, 12 window(s)" in result["recordings"][0]  # hop 2.5 s
     assert (tmp_path / "out/detections.tsv").is_file() and not list((tmp_path / "out").glob("*.png"))
+
+
+def test_a_clip_detected_from_its_files_is_the_clip_predicted_from_the_store(trained, tmp_path):
+    """Conversion as training expects: an eval clip's WAV and served video, muxed into one file and run through
+    detect, give the frame probabilities the store's features give (training.predict), up to the embeddings'
+    float16 rounding."""
+    import csv
+
+    from training.predict import predict
+
+    det = load_detector(trained.run)
+    store = predict(trained.run, trained.store, ["eval"], audio_weight=det.postprocessing["audio_weight"], device="cpu")
+    with open(trained.data / "truth/videos.tsv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh, delimiter="\t") if r["partition"] == "eval" and r["kind"] == "content"
+                and float(r["start"]) == 0.0 and float(r["end"]) == 10.0]
+    row = rows[0]
+    wav = next((trained.data / "audio").rglob(row["clip_id"]))
+    both = tmp_path / "clip.mkv"
+    _ffmpeg("-i", trained.data / "videos" / f"{row['youtube_id']}.mp4", "-i", wav, "-map", "0:v", "-map", "1:a",
+            "-c:v", "copy", "-c:a", "pcm_s16le", both)
+    torch.set_num_threads(1)
+    rec = detect_recording(det, both, both.name)
+    i = list(store.clip_ids).index(row["clip_id"])
+    assert rec.window_video.tolist() == [True] and rec.frame_probs.shape == store.frame_probs[i].shape
+    np.testing.assert_allclose(rec.window_weights[0], store.weights[i], rtol=1e-6)
+    assert np.abs(rec.frame_probs - store.frame_probs[i]).max() < 0.03  # measured 0.003 and 0.009 on two clips
