@@ -59,7 +59,8 @@ def device_name(device: torch.device) -> str:
 
 
 def config_for(arch: str, streams: int, device: torch.device, compile_step: bool = False) -> TrainConfig:
-    config = TrainConfig(encoders=STREAMS[streams], device=str(device), compile=compile_step, progress=False,
+    config = TrainConfig(encoders=STREAMS[streams], device=str(device), capture=compile_step, compile=False,
+                         progress=False,
                          interpolation_weights="random" if streams > 1 else None)
     config.model.architecture = arch
     return config.resolved(device.type)

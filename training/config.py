@@ -157,15 +157,26 @@ class TrainConfig(BaseModel):
     # bf16 autocast and TF32 matmuls: None = on for CUDA, off elsewhere. A run records the resolved values.
     bf16: bool | None = Field(None, description="bf16 autocast; null: on for CUDA, off elsewhere")
     tf32: bool | None = Field(None, description="TF32 matmuls; null: on for CUDA, off elsewhere")
-    # Capture the whole training step in a CUDA graph after a few eager warm-up steps (CUDA only; elsewhere
-    # the step runs eagerly, with a warning). The step is the same arithmetic either way.
-    compile: bool = Field(False, description="capture the training step in a CUDA graph (CUDA only)")
-    # Seeds of one configuration train together (training/group.py), at most this many at a time; more run as
-    # consecutive groups that share the loaded features. Measured on an H100 (transformer bi-encoder, batch 128,
-    # bf16): 23 / 27 / 29 seed-steps/s for groups of 1 / 4 / 8, and 20 seeds out of memory; 4 leaves room for
-    # the conformer tri-encoder's ~2.3x the work per step.
-    group_seeds: int = Field(4, ge=1, description="most seeds trained together in one group; more run as "
-                                                  "consecutive groups sharing the loaded features")
+    # The step's speed settings (training/step.py); none changes what a step computes beyond float rounding, so a
+    # run may resume with others. compile: Inductor (torch.compile) over the seeds' forward and backward, the
+    # optimiser and the EMA; if compiling fails the run says why in one line and trains eagerly. capture: the
+    # whole step recorded in a CUDA graph after a few warm-up steps and replayed (the compiled kernels inside it).
+    compile: bool | None = Field(None, description="compile the training step with Inductor (torch.compile); "
+                                                   "null: on for CUDA, off elsewhere")
+    capture: bool | None = Field(None, description="capture the training step in a CUDA graph (CUDA only; "
+                                                   "elsewhere a warning); null: on for CUDA")
+    # How the seeds of a group share the device. vmap: one stacked model, one step for all (training/group.py).
+    # streams: one single-seed step per seed, each on its own CUDA stream (one CUDA graph each when captured),
+    # all reading the same resident features; on the CPU the same steps run one after another.
+    seeds_mode: Literal["vmap", "streams"] = Field("vmap", description="vmap: seeds stacked in one step; streams: "
+                                                                      "one step per seed on its own CUDA stream")
+    # Seeds of one configuration train together, at most this many at a time; more run as consecutive groups that
+    # share the loaded features. null: on CUDA as many as free GPU memory holds (measured per seed on a first
+    # group of one, training/train.py), elsewhere 4. Measured on an H100 (transformer bi-encoder, batch 128, bf16,
+    # eager): 23 / 27 / 29 seed-steps/s for groups of 1 / 4 / 8, and 20 seeds out of memory.
+    group_seeds: int | None = Field(None, ge=1, description="most seeds trained together in one group (more run as "
+                                                            "consecutive groups sharing the loaded features); null: "
+                                                            "what free GPU memory holds on CUDA, 4 elsewhere")
     feature_dtype: str = Field("float32", description="dtype of the resident features (float16/bfloat16 halve GPU "
                                                       "memory)", json_schema_extra={"enum": list(DTYPES)})
     model_dtype: str = Field("float32", description="parameters and arithmetic (float64 for exactness checks)",
@@ -232,12 +243,15 @@ class TrainConfig(BaseModel):
         return self
 
     def resolved(self, device_type: str) -> "TrainConfig":
-        """A copy with the automatic settings decided for a device type ("cuda", "cpu"): bf16 and TF32 on for
-        CUDA. The run saves this copy, so its config records what it actually did."""
+        """A copy with the automatic settings decided for a device type ("cuda", "cpu"): bf16, TF32, compile and
+        capture on for CUDA. The run saves this copy, so its config records what it actually did. (`group_seeds`
+        null is decided by the run, from the free memory it finds.)"""
         out = self.model_copy(deep=True)
         cuda = device_type == "cuda"
         out.bf16 = cuda if self.bf16 is None else bool(self.bf16)
         out.tf32 = cuda if self.tf32 is None else bool(self.tf32)
+        out.compile = cuda if self.compile is None else bool(self.compile)
+        out.capture = cuda if self.capture is None else bool(self.capture)
         return out
 
     def default_inference_weights(self) -> list[float]:

@@ -19,7 +19,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.utils._pytree import tree_map
 
-from training.config import ModelConfig
+from training.config import ModelConfig, TrainConfig
 from training.fusion import MultiEncoderModel
 from training.models import build_model
 
@@ -73,12 +73,15 @@ def over_seeds(fn: Callable[..., Any], n_seeds: int) -> Callable[..., Any]:
 
     A group of one calls `fn` on the seed's slices (views, so gradients and in-place buffer updates reach the
     stacked tensors) and adds the seed axis to its result; larger groups use vmap with per-seed randomness.
+    The slice is `squeeze(0)`, not `t[0]`: indexing records a `select` whose backward fills a zero tensor and
+    scatters into it (measured on an H100: 242 `select_backward` + fills, 0.57 ms a step); a squeeze's backward
+    is a free view.
     """
     if n_seeds > 1:
         return vmap(fn, randomness="different")
 
     def single(*args):
-        out = fn(*tree_map(lambda t: t[0] if isinstance(t, torch.Tensor) else t, args))
+        out = fn(*tree_map(lambda t: t.squeeze(0) if isinstance(t, torch.Tensor) else t, args))
         return tree_map(lambda t: t.unsqueeze(0) if isinstance(t, torch.Tensor) else t, out)
     return single
 
@@ -86,3 +89,34 @@ def over_seeds(fn: Callable[..., Any], n_seeds: int) -> Callable[..., Any]:
 def call_model(skeleton: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor],
                *inputs: Any) -> Any:
     return functional_call(skeleton, (params, buffers), inputs)
+
+
+# Bytes of device memory per seed for each element of the CNN front-end's feature maps at the training batch (est.):
+# what the eager bf16 step keeps for the backward (convolution, batch-norm and ReLU outputs, dropout masks, pooling)
+# plus the teacher's forward and vmap's copies. Calibrated so that 8 seeds of the paper's transformer bi-encoder
+# fit an 80 GB H100 and 20 do not (measured 2026-11-25); benchmarks/gpu_bench.py measures the real peak per seed.
+BYTES_PER_FEATURE_MAP_ELEMENT = 40
+CPU_GROUP_SEEDS = 4  # a fixed group off CUDA (memory there is the host's, and a group is not faster per seed)
+FREE_MEMORY_FRACTION = 0.8  # of the free device memory a group may plan to use (allocator slack, CUDA graphs)
+
+
+def seed_bytes_estimate(config: TrainConfig) -> int:
+    """Device memory one seed's training step needs (est.), from the size of its front-end's feature maps."""
+    cnn, batch = config.model.cnn, config.batch_strong + config.batch_weak + config.batch_unlabelled
+    t, f = 512, 64  # the paper's log-mel input (frames, mel bins)
+    elements = 0
+    for channels, (pt, pf) in zip(cnn.filters, cnn.pooling):
+        elements += channels * t * f
+        t, f = t // pt, f // pf
+    return int(BYTES_PER_FEATURE_MAP_ELEMENT * batch * elements)
+
+
+def group_size(config: TrainConfig, device: torch.device, n_seeds: int) -> int:
+    """Seeds trained at once: `group_seeds` when set; otherwise on CUDA as many as the free memory holds at the
+    estimated bytes per seed (at least 1), and CPU_GROUP_SEEDS elsewhere."""
+    if config.group_seeds is not None:
+        return int(config.group_seeds)
+    if device.type != "cuda":
+        return min(CPU_GROUP_SEEDS, max(1, n_seeds))
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(n_seeds, int(FREE_MEMORY_FRACTION * free) // seed_bytes_estimate(config)))

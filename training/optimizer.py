@@ -30,7 +30,9 @@ def step_learning_rate(step: torch.Tensor, base: float, decay_every: int, factor
 
 @dataclass
 class RAdam:
-    """RAdam over a list of tensors (usually stacked over seeds). `step_count` is a 0-dim float64 tensor."""
+    """RAdam over a list of tensors (usually stacked over seeds). `step_count` is a (1,) float64 tensor: not 0-dim,
+    because torch 2.11's AOTAutograd (torch.compile) drops in-place updates of 0-dim float64 inputs (the compiled
+    step then never counted, and divided by 1 - b1^0 = 0)."""
 
     params: list[torch.Tensor]
     exp_avg: list[torch.Tensor]
@@ -45,7 +47,7 @@ class RAdam:
         params = list(params)
         device = params[0].device
         return cls(params, [torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params],
-                   torch.zeros((), dtype=torch.float64, device=device), betas, eps)
+                   torch.zeros(1, dtype=torch.float64, device=device), betas, eps)
 
     @torch.no_grad()
     def step(self, lr: torch.Tensor) -> None:
@@ -53,7 +55,7 @@ class RAdam:
         b1, b2 = self.betas
         grads = [p.grad for p in self.params]
         self.step_count.add_(1.0)
-        t = self.step_count
+        t = self.step_count.squeeze(0)
         torch._foreach_lerp_(self.exp_avg, grads, 1.0 - b1)
         torch._foreach_mul_(self.exp_avg_sq, b2)
         torch._foreach_addcmul_(self.exp_avg_sq, grads, grads, value=1.0 - b2)
@@ -64,7 +66,7 @@ class RAdam:
         rectified = rho_t > 5.0
         rect = torch.sqrt(torch.clamp((rho_t - 4.0) * (rho_t - 2.0) * rho_inf
                                       / ((rho_inf - 4.0) * (rho_inf - 2.0) * rho_t), min=0.0))
-        lr = lr.to(torch.float64)
+        lr = lr.to(torch.float64).reshape(())
         # update = m * (adaptive / (sqrt(v) + eps) + plain): exactly one of the two terms is non-zero.
         adaptive = torch.where(rectified, lr * rect * torch.sqrt(bc2) / bc1, torch.zeros_like(t))
         plain = torch.where(rectified, torch.zeros_like(t), lr / bc1)

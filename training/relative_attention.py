@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.attention import MultiHeadAttention, attend, key_mask_bias
+from training.attention import MultiHeadAttention, key_mask_bias
 
 
 def relative_shift(x: torch.Tensor, tk: int) -> torch.Tensor:
@@ -59,6 +59,7 @@ class RelativeMultiHeadAttention(MultiHeadAttention):
         mask = key_mask_bias(key_valid, bias.dtype)
         if mask is not None:
             bias = bias + mask
-        # `attend` adds the bias to (q + u) k^T / sqrt(d) before the softmax: exactly the TXL score.
-        o = attend(q + self.bias_u[:, None].to(q.dtype), k, v, bias, self.attn_dropout, self.training)
+        # The attention adds the bias to (q + u) k^T / sqrt(d) before the softmax: exactly the TXL score (fused,
+        # the bias is the kernel's float attn_mask, and its gradient reaches the table, W_r and v).
+        o = self.attention(q + self.bias_u[:, None].to(q.dtype), k, v, bias)
         return self.out(self.merge(o))

@@ -7,16 +7,22 @@ Per seed (training/group.py runs it over all seeds of a group at once):
   -> interpolation weights (fixed, or audio ~ U(0.25, 1) per batch) renormalised over available streams
   -> student and teacher forward -> loss terms (training/loss.py).
 Then backward over the sum of the seeds' losses (seeds share no parameter, so each gets its own gradient),
-RAdam, the teacher's EMA, and the counters. With `capture=True` (CUDA) the whole of it is recorded once in a
-CUDA graph after a few eager warm-up steps and replayed; the host only refills the draw buffers in place every
-DRAW_CHUNK steps.
+RAdam, the teacher's EMA, and the counters. With `compile=True` Inductor (torch.compile) compiles the seeds'
+objective (forward, and through AOTAutograd its backward) and the update (RAdam, EMA, counters) into fused
+kernels; with `capture=True` (CUDA) the whole of it is recorded once in a CUDA graph after a few warm-up steps
+(the compiled kernels inside: not mode="reduce-overhead", whose own graphs would clash with this capture) and
+replayed; the host only refills the draw buffers in place every DRAW_CHUNK steps.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import time
+import warnings
 from dataclasses import dataclass, fields
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -36,6 +42,37 @@ LOSS_TERMS = ("total", "strong_bce", "weak_bce", "consistency_clip", "consistenc
 # (before renormalisation over available streams) and the fraction of batches that mixup mixed.
 LOGGED_TERMS = LOSS_TERMS + ("audio_weight", "mixup_fraction")
 CAPTURE_WARMUP_STEPS = 3  # eager steps (on a side stream) before capture, as torch.cuda.graph requires
+INDUCTOR_CACHE = ".inductor"  # Inductor's on-disk caches, under the run root (training/train.py)
+# torch.compile's backend. Tests on the CPU use "aot_eager" (the same graphs, forward and backward, through Dynamo
+# and AOTAutograd, run by eager kernels) where Inductor's C++ builds would take minutes.
+COMPILE_BACKEND = "inductor"
+
+
+@contextlib.contextmanager
+def inductor_cache(path: Path | None) -> Iterator[None]:
+    """Inductor's on-disk caches (compiled graphs, kernels, autotuning) under `path` for what runs inside, so the
+    runs of one root reuse one another's compilations (a seed, or a later group of the same shape, loads them
+    instead of compiling again). The process's own setting is restored afterwards (Inductor reads the variable
+    each time it looks for its cache, and sets it to its default when it finds it unset, so unset is restored too;
+    Inductor's own threads may set that default again later)."""
+    if path is None:
+        yield
+        return
+    saved = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = saved
+
+
+def compiled(fn: Callable) -> Callable:
+    """`fn` compiled by Inductor as one graph (fullgraph: a graph break is a compile failure, so the fallback says
+    so instead of running half-compiled), for fixed shapes (a group's shapes never change)."""
+    return torch.compile(fn, backend=COMPILE_BACKEND, fullgraph=True, dynamic=False)
 
 
 def base_interpolation_weights(config: TrainConfig, audio_weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -109,15 +146,17 @@ class DeviceCounters:
 
     position: torch.Tensor  # (1,) int64: step within the current draw chunk
     loss_sums: torch.Tensor  # (G, len(LOGGED_TERMS)) float64: summed since the last log
-    loss_steps: torch.Tensor  # () float64: steps summed in loss_sums
+    loss_steps: torch.Tensor  # (1,) float64: steps summed in loss_sums (not 0-dim: training/optimizer.RAdam says why)
 
 
 class TrainStep:
-    """One training step of a group (eager, or replayed from a CUDA graph), plus what the loop needs around it."""
+    """One training step of a group (eager or compiled, replayed from a CUDA graph or not), plus what the loop
+    needs around it. `compile_seconds`: the first compiled step's wall time (compiling, or loading from Inductor's
+    cache, plus one step); `compile_error`: why the step fell back to eager, if it did."""
 
     def __init__(self, config: TrainConfig, skeleton: nn.Module, student: StackedModels, teacher: StackedModels,
                  optimizer: RAdam, features: Batch, draws: StepDraws, counters: DeviceCounters,
-                 device: torch.device, capture: bool):
+                 device: torch.device, capture: bool, compile: bool = False, cache_dir: Path | None = None):
         self.config, self.student, self.teacher, self.optimizer = config, student, teacher, optimizer
         self.draws, self.counters, self.device = draws, counters, device
         dtype = student.parameter_list()[0].dtype
@@ -125,10 +164,29 @@ class TrainStep:
         # cache_enabled=False: autocast's weight cache cannot live inside a captured CUDA graph.
         def autocast() -> contextlib.AbstractContextManager:
             return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False)
-        self.objective = over_seeds(seed_objective(skeleton, features, config, dtype, autocast), student.size)
+        self.eager_objective = over_seeds(seed_objective(skeleton, features, config, dtype, autocast), student.size)
+        self.objective, self.update = self.eager_objective, self._update
+        self.compile, self.cache_dir = compile, cache_dir
+        self.compile_seconds: float | None = None
+        self.compile_error: str | None = None
+        if compile:
+            self.objective, self.update = compiled(self.eager_objective), compiled(self._update)
         self.capture = capture and device.type == "cuda"
         self.graph: torch.cuda.CUDAGraph | None = None
         self.warm_steps = 0
+        self.steps_run = 0
+
+    def _update(self, terms: torch.Tensor, lr_step: torch.Tensor) -> None:
+        """RAdam, the teacher's EMA and the counters, after the backward."""
+        s, t, c = self.student, self.teacher, self.counters
+        lr = step_learning_rate(lr_step, self.config.learning_rate, self.config.lr_decay_every,
+                                self.config.lr_decay_factor)
+        self.optimizer.step(lr)
+        ema_update_(t.parameter_list(), s.parameter_list(), self.config.ema_decay)
+        with torch.no_grad():
+            c.loss_sums.add_(terms.detach().to(torch.float64))
+            c.loss_steps.add_(1.0)
+            c.position.add_(1)
 
     def _step(self) -> None:
         s, t, c = self.student, self.teacher, self.counters
@@ -136,14 +194,52 @@ class TrainStep:
         terms = self.objective(s.params, s.buffers, t.params, t.buffers,
                                *(getattr(d, f.name) for f in fields(StepDraws)))
         terms[:, 0].sum().backward()
-        lr = step_learning_rate(self.optimizer.step_count + 1.0, self.config.learning_rate,
-                                self.config.lr_decay_every, self.config.lr_decay_factor)
-        self.optimizer.step(lr)
-        ema_update_(t.parameter_list(), s.parameter_list(), self.config.ema_decay)
+        self.update(terms.detach(), self.optimizer.step_count + 1.0)
+
+    def _mutable_state(self) -> list[torch.Tensor]:
+        o, c = self.optimizer, self.counters
+        return [*self.student.params.values(), *self.student.buffers.values(), *self.teacher.params.values(),
+                *self.teacher.buffers.values(), *o.exp_avg, *o.exp_avg_sq, o.step_count, c.position, c.loss_sums,
+                c.loss_steps]
+
+    def _first_compiled_step(self) -> None:
+        """The first step compiles (or loads from the cache). If compiling fails, the state is put back as it was,
+        one warning line says why, and this and every later step run eagerly."""
+        state = self._mutable_state()
+        saved = [x.detach().clone() for x in state]
+        rng = torch.get_rng_state(), (torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None)
+        start = time.perf_counter()
+        try:
+            with inductor_cache(self.cache_dir):
+                self._step()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+            self.compile_seconds = time.perf_counter() - start
+            return
+        except Exception as exc:  # whatever Inductor raises: the eager step is the same arithmetic
+            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            self.compile_error = reason[:300]
         with torch.no_grad():
-            c.loss_sums.add_(terms.detach().to(torch.float64))
-            c.loss_steps.add_(1.0)
-            c.position.add_(1)
+            for x, y in zip(state, saved):
+                x.copy_(y)
+        torch.set_rng_state(rng[0])
+        if rng[1] is not None:
+            torch.cuda.set_rng_state(rng[1], self.device)
+        warnings.warn(f"compile: the training step could not be compiled ({self.compile_error}); training "
+                      f"eagerly (set compile: false to skip compiling)", stacklevel=2)
+        self.objective, self.update, self.compile = self.eager_objective, self._update, False
+        self._clear_grads()
+        self._step()
+
+    def _run_step(self) -> None:
+        if self.compile and self.steps_run == 0:
+            self._first_compiled_step()
+        elif self.compile:
+            with inductor_cache(self.cache_dir):  # a recompilation, if a guard ever fails, caches there too
+                self._step()
+        else:
+            self._step()
+        self.steps_run += 1
 
     def _clear_grads(self) -> None:
         for p in self.student.parameter_list():
@@ -152,14 +248,14 @@ class TrainStep:
     def __call__(self) -> None:
         if not self.capture:
             self._clear_grads()
-            self._step()
+            self._run_step()
             return
         if self.graph is None and self.warm_steps < CAPTURE_WARMUP_STEPS:
             side = torch.cuda.Stream(self.device)
             side.wait_stream(torch.cuda.current_stream(self.device))
             with torch.cuda.stream(side):
                 self._clear_grads()
-                self._step()
+                self._run_step()
             torch.cuda.current_stream(self.device).wait_stream(side)
             self.warm_steps += 1
             return
@@ -184,3 +280,86 @@ class TrainStep:
         self.counters.loss_sums.zero_()
         self.counters.loss_steps.zero_()
         return [{k: float(v) / n for k, v in zip(LOGGED_TERMS, row)} for row in sums]
+
+
+class StreamSteps:
+    """`seeds_mode: streams`: the seeds of a group as single-seed steps (each its own CUDA graph when captured),
+    launched on one CUDA stream per seed so that their kernels overlap, all reading the same resident features.
+    The seeds' tensors are slices of the group's stacked ones, so checkpoints, loss sums and validation read them
+    exactly as for a vmap group. On the CPU the steps run one after another."""
+
+    def __init__(self, steps: list[TrainStep], counters: DeviceCounters, device: torch.device):
+        self.steps, self.counters, self.device = steps, counters, device
+        self.streams = [torch.cuda.Stream(device) for _ in steps] if device.type == "cuda" else []
+
+    @property
+    def graph(self) -> torch.cuda.CUDAGraph | None:
+        return self.steps[0].graph
+
+    @property
+    def compile_seconds(self) -> float | None:
+        times = [s.compile_seconds for s in self.steps if s.compile_seconds is not None]
+        return sum(times) if times else None
+
+    @property
+    def compile_error(self) -> str | None:
+        return next((s.compile_error for s in self.steps if s.compile_error), None)
+
+    def __call__(self) -> None:
+        if not self.streams:
+            for step in self.steps:
+                step()
+            return
+        main = torch.cuda.current_stream(self.device)
+        for step, stream in zip(self.steps, self.streams):
+            stream.wait_stream(main)
+            with torch.cuda.stream(stream):
+                step()
+        for stream in self.streams:
+            main.wait_stream(stream)
+
+    def new_chunk(self, draws: StepDraws) -> None:
+        for k, step in enumerate(self.steps):
+            step.new_chunk(seed_draws(draws, k))
+
+    def read_losses(self) -> list[dict[str, float]]:
+        out = TrainStep.read_losses(self)  # type: ignore[arg-type]  # the group's sums: every seed's row
+        for step in self.steps:
+            step.counters.loss_steps.zero_()
+        return out
+
+
+def seed_draws(draws: StepDraws, k: int) -> StepDraws:
+    """Seed `k`'s draws of a group's (steps, seeds, ...) draws, as a group of one: (steps, 1, ...), own memory."""
+    return StepDraws(*(getattr(draws, f.name)[:, k:k + 1].contiguous() for f in fields(StepDraws)))
+
+
+def stream_steps(config: TrainConfig, skeleton: nn.Module, student: StackedModels, teacher: StackedModels,
+                 optimizer: RAdam, features: Batch, draws: StepDraws, counters: DeviceCounters, device: torch.device,
+                 capture: bool, compile: bool, cache_dir: Path | None) -> StreamSteps:
+    """One single-seed TrainStep per seed of a stacked group, on slices of its tensors: parameters as leaves that
+    share the stacked storage (updates in place reach the group's tensors), optimiser moments and loss sums as
+    views. The seeds share one objective (one compilation)."""
+    steps: list[TrainStep] = []
+    for k in range(student.size):
+        def part(models: StackedModels, grad: bool) -> StackedModels:
+            params = {n: p[k:k + 1].detach().requires_grad_(grad) for n, p in models.params.items()}
+            return StackedModels(params, {n: b[k:k + 1] for n, b in models.buffers.items()}, models.state_names)
+        s, t = part(student, True), part(teacher, False)
+        # Seed 0 shares the group's step count (what checkpoints read); all seeds step together.
+        count = optimizer.step_count if k == 0 else optimizer.step_count.clone()
+        opt = RAdam(s.parameter_list(), [m[k:k + 1] for m in optimizer.exp_avg],
+                    [v[k:k + 1] for v in optimizer.exp_avg_sq], count, optimizer.betas, optimizer.eps)
+        own = DeviceCounters(counters.position if k == 0 else counters.position.clone(),
+                             counters.loss_sums[k:k + 1],
+                             counters.loss_steps if k == 0 else counters.loss_steps.clone())
+        step = TrainStep(config, skeleton, s, t, opt, features, seed_draws(draws, k), own, device, capture,
+                         compile=False, cache_dir=cache_dir)
+        if steps:
+            step.eager_objective = steps[0].eager_objective
+        if compile:
+            step.compile = True
+            step.objective = compiled(step.eager_objective) if not steps else steps[0].objective
+            step.update = compiled(step._update)
+        steps.append(step)
+    return StreamSteps(steps, counters, device)

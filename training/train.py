@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 import warnings
@@ -31,14 +32,16 @@ from tqdm import tqdm
 from pipeline.store import FeatureStore
 from training.checkpoint import (CHECKPOINT, FORMAT, RunMismatch, StoreChanged, load_checkpoints, read_checkpoint,
                                  save_checkpoints)
+from training.attention import MultiHeadAttention
 from training.cnn import CNNFrontEnd
 from training.config import TrainConfig, TrainConfigError
 from training.data import ClipSet, identity_changes, load_clips
 from training.draws import DRAW_CHUNK, BatchSchedule, StepDraws, draw_chunk, stream_seed
-from training.group import StackedModels, build_seed_model, skeleton_of
+from training.group import StackedModels, build_seed_model, group_size, skeleton_of
 from training.mean_teacher import make_teacher
 from training.optimizer import RAdam
-from training.step import LOGGED_TERMS, LOSS_TERMS, DeviceCounters, TrainStep
+from training.step import (INDUCTOR_CACHE, LOGGED_TERMS, LOSS_TERMS, DeviceCounters, StreamSteps, TrainStep,
+                           stream_steps)
 
 __all__ = ["CHECKPOINT", "TrainResult", "TrainingGroup", "train", "train_group", "prepare_group", "resolve_device",
            "as_config", "load_training_data"]
@@ -46,7 +49,7 @@ __all__ = ["CHECKPOINT", "TrainResult", "TrainingGroup", "train", "train_group",
 # Settings that may change between an interrupted run and its resumption without changing the result.
 # The schedule length may grow: nothing but the loop end depends on it. Validation only reads the models.
 _RESUMABLE_KEYS = {"device", "progress", "log_every", "checkpoint_every", "epochs", "steps_per_epoch",
-                   "validate_every", "validation_partitions", "group_seeds"}
+                   "validate_every", "validation_partitions", "group_seeds", "compile", "capture", "seeds_mode"}
 _DROPOUT_STREAM = 3  # generator-seed key of the torch RNG that drives dropout (training/draws.stream_seed)
 
 
@@ -154,8 +157,9 @@ def train_group(store_path: str | Path, config: TrainConfig | dict | str | Path 
                 _check_store(ckpt, data, store_path, d, accept_changed_store)
     results: dict[int, TrainResult] = {}
     cohorts: list[list[int]] = []
+    size = group_size(template, device, len(seeds))
     for _, same_step in sorted(by_step.items()):
-        cohorts += [same_step[i: i + template.group_seeds] for i in range(0, len(same_step), template.group_seeds)]
+        cohorts += [same_step[i: i + size] for i in range(0, len(same_step), size)]
     for members in cohorts:
         cohort = _Cohort(store_path, template, [seeds[k] for k in members], [dirs[k] for k in members],
                          [checkpoints[k] for k in members], data, device, validator)
@@ -239,16 +243,19 @@ def _check_store(checkpoint: dict, data: ClipSet, store_path, out_dir: Path, acc
 
 @contextlib.contextmanager
 def _precision(device: torch.device, tf32: bool) -> Iterator[None]:
-    """TF32 matmuls and convolutions for this run only (torch's switches are process-wide)."""
+    """TF32 matmuls and convolutions, and cuDNN's autotuner (a group's shapes never change, so each convolution's
+    fastest algorithm is found once), for this run only (torch's switches are process-wide)."""
     if device.type != "cuda":
         yield
         return
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(tf32)
+    torch.backends.cudnn.benchmark = True
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+         torch.backends.cudnn.benchmark) = saved
 
 
 class _RunLog:
@@ -311,7 +318,8 @@ class _Cohort:
 
     def _train(self, total: int, progress_desc: str, progress_position: int | None) -> list[TrainResult]:
         config, device, seeds = self.config, self.device, self.seeds
-        group = prepare_group(config, seeds, self.data, device, self.checkpoints)
+        root = Path(os.path.commonpath([str(d.resolve()) for d in self.dirs]))  # the run root: seeds share its cache
+        group = prepare_group(config, seeds, self.data, device, self.checkpoints, cache_dir=root / INDUCTOR_CACHE)
         validation = self.validator.load(self.store_path, config, device) if config.validate_every else None
         resume = self.checkpoints[0] is not None
         logs = [_RunLog(d, self.step, resume) for d in self.dirs]
@@ -338,6 +346,8 @@ class _Cohort:
                         lr = config.learning_rate * config.lr_decay_factor ** ((step - 1) // config.lr_decay_every)
                         for log, losses in zip(logs, group.step_fn.read_losses()):
                             entry = {"step": step, "lr": lr, **losses, "samples_per_second": rate}
+                            if group.compile_seconds() is not None and step - start_step <= config.log_every:
+                                entry["compile_seconds"] = group.compile_seconds()  # the first log line only
                             log.write(entry, {f"train/{k}": v for k, v in entry.items() if k != "step"})
                         bar.set_postfix(loss=f"{logs[0].history[-1]['total']:.4f}")
                     if validation is not None and (step % config.validate_every == 0 or step == total):
@@ -372,7 +382,7 @@ class TrainingGroup:
     optimizer: RAdam
     counters: DeviceCounters
     schedules: list[BatchSchedule]
-    step_fn: TrainStep
+    step_fn: TrainStep | StreamSteps
     visual_dims: list[int]
     chunk: int
 
@@ -380,6 +390,10 @@ class TrainingGroup:
         c = self.config
         return StepDraws.stack([draw_chunk(s, chunk, c.mixup_rate, c.mixup_alpha, c.random_audio_low,
                                            c.random_audio_high) for s in self.schedules], dim=1)
+
+    def compile_seconds(self) -> float | None:
+        """Wall time of the first compiled step (compiling or loading from Inductor's cache); None if not compiled."""
+        return self.step_fn.compile_seconds
 
     def before_step(self, step: int) -> None:
         """Host work before step `step` (0-based): refill the draw buffers at a chunk boundary, nothing else."""
@@ -403,9 +417,10 @@ class TrainingGroup:
 
 
 def prepare_group(config: TrainConfig, seeds: Sequence[int], data: ClipSet, device: torch.device,
-                  checkpoints: Sequence[dict | None] | None = None) -> TrainingGroup:
+                  checkpoints: Sequence[dict | None] | None = None, cache_dir: Path | None = None) -> TrainingGroup:
     """Build (or restore from per-seed checkpoints, all at one step) the stacked models, optimiser, draws and
-    step of a group of seeds. `config` must already be resolved for the device (TrainConfig.resolved)."""
+    step of a group of seeds. `config` must already be resolved for the device (TrainConfig.resolved);
+    `cache_dir`: where Inductor keeps its compilations (None: the process's setting)."""
     seeds = [int(s) for s in seeds]
     checkpoints = list(checkpoints) if checkpoints is not None else [None] * len(seeds)
     tensors = data.tensors
@@ -414,12 +429,18 @@ def prepare_group(config: TrainConfig, seeds: Sequence[int], data: ClipSet, devi
     students = [build_seed_model(config.model, visual_dims, s, device, dtype) for s in seeds]
     teachers = [make_teacher(m) for m in students]
     skeleton = skeleton_of(students[0]).train()
-    if len(seeds) > 1:
+    vmapped = len(seeds) > 1 and config.seeds_mode == "vmap"  # streams: each seed runs as a group of one
+    if vmapped:
         # CUDA batch norm asks for its input's memory format, which vmap (seeds stacked) cannot answer: stacked
         # seeds keep NCHW feature maps (measured on an H100, the NHWC step crashed inside vmap).
         for module in skeleton.modules():
             if isinstance(module, CNNFrontEnd):
                 module.channels_last = False
+    for module in skeleton.modules():
+        if isinstance(module, MultiHeadAttention):
+            # The fused attention kernel, except for stacked seeds on the CPU (no vmap batching rule there:
+            # training/attention.py).
+            module.fused = not vmapped or device.type == "cuda"
     student = StackedModels.stack(students, requires_grad=True)
     teacher = StackedModels.stack(teachers, requires_grad=False)
     del students, teachers
@@ -427,7 +448,7 @@ def prepare_group(config: TrainConfig, seeds: Sequence[int], data: ClipSet, devi
     optimizer = RAdam.create(student.parameter_list())
     counters = DeviceCounters(position=torch.zeros(1, dtype=torch.int64, device=device),
                               loss_sums=torch.zeros(len(seeds), len(LOGGED_TERMS), dtype=torch.float64, device=device),
-                              loss_steps=torch.zeros((), dtype=torch.float64, device=device))
+                              loss_steps=torch.zeros(1, dtype=torch.float64, device=device))
     step = 0
     if checkpoints[0] is not None:
         step = int(checkpoints[0]["step"])
@@ -441,15 +462,16 @@ def prepare_group(config: TrainConfig, seeds: Sequence[int], data: ClipSet, devi
         torch.manual_seed(stream_seed(*seeds, _DROPOUT_STREAM))
     sizes = [config.batch_strong, config.batch_weak, config.batch_unlabelled]
     schedules = [BatchSchedule(tensors.kind, sizes, s).to(device) for s in seeds]
-    capture = config.compile and device.type == "cuda"
-    if config.compile and device.type != "cuda":
-        warnings.warn(f"compile: true captures the training step in a CUDA graph; on {device} the step runs eagerly",
-                      stacklevel=3)
+    capture = bool(config.capture) and device.type == "cuda"
+    if config.capture and device.type != "cuda":
+        warnings.warn(f"capture: true records the training step in a CUDA graph; on {device} the step is not "
+                      f"captured", stacklevel=3)
     group = TrainingGroup(config, seeds, device, skeleton, student, teacher, optimizer, counters, schedules,
                           step_fn=None, visual_dims=visual_dims, chunk=step // DRAW_CHUNK)  # type: ignore[arg-type]
-    group.step_fn = TrainStep(config, skeleton, student, teacher, optimizer, tensors, group.draws(group.chunk),
-                              counters, device, capture)
     counters.position.fill_(step % DRAW_CHUNK)
+    build_step = stream_steps if len(seeds) > 1 and not vmapped else TrainStep
+    group.step_fn = build_step(config, skeleton, student, teacher, optimizer, tensors, group.draws(group.chunk),
+                               counters, device, capture, compile=bool(config.compile), cache_dir=cache_dir)
     return group
 
 

@@ -243,7 +243,7 @@ def test_learned_weights_step_makes_no_host_round_trip(synthetic_store, mode, se
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("mode,capture", [("clip", False), ("clip", True), ("frame", True)])
 def test_learned_weights_cuda_step_does_not_synchronise(synthetic_store, mode, capture):
-    config = _learned_config(mode, steps=10, mixup_rate=0.5, device="cuda", compile=capture).resolved("cuda")
+    config = _learned_config(mode, steps=10, mixup_rate=0.5, device="cuda", capture=capture).resolved("cuda")
     device = torch.device("cuda")
     group = prepare_group(config, [0, 1], load_training_data(synthetic_store, config, device), device)
     steps_without_host_sync(group)

@@ -86,6 +86,33 @@ def test_more_seeds_than_group_seeds_train_as_consecutive_groups(tmp_path, synth
     assert _max_difference(_states(tmp_path / "solo3"), _states(tmp_path / "group3")) < 1e-5
 
 
+def test_seeds_on_streams_equal_the_seeds_trained_alone(tmp_path, synthetic_store):
+    """seeds_mode streams: one single-seed step per seed (CUDA streams; one after another on the CPU) on slices of
+    the group's tensors. Each seed's checkpoint (model, teacher, optimiser) and losses are its solo run's, and a
+    resumed streams group continues as an uninterrupted one."""
+    config = small_config(["logmel", "openl3"], "transformer", steps=6, model=tiny_model("transformer"),
+                          batch_strong=1, batch_weak=1, batch_unlabelled=1, feature_dtype="float64",
+                          model_dtype="float64", log_every=3, checkpoint_every=3, seeds_mode="streams",
+                          interpolation_weights="random", mixup_rate=0.5)
+    data = load_training_data(synthetic_store, config.resolved("cpu"), torch.device("cpu"))
+    results = train_group(synthetic_store, config, {s: tmp_path / f"group{s}" for s in (0, 1)}, data=data)
+    half = train_group(synthetic_store, config, {s: tmp_path / f"half{s}" for s in (0, 1)}, data=data, stop_after=3)
+    assert [r.steps for r in half] == [3, 3]
+    resumed = train_group(synthetic_store, config, {s: tmp_path / f"half{s}" for s in (0, 1)}, data=data, resume=True)
+    for seed in (0, 1):
+        solo = train(synthetic_store, {**config.to_dict(), "seed": seed, "seeds_mode": "vmap"},
+                     tmp_path / f"solo{seed}", data=data)
+        a, b = _states(tmp_path / f"solo{seed}"), _states(tmp_path / f"group{seed}")
+        assert _max_difference(a, b) < 1e-9
+        assert a["optimizer"]["step"] == b["optimizer"]["step"] == 6.0
+        assert max((a["optimizer"]["exp_avg"][n] - b["optimizer"]["exp_avg"][n]).abs().max().item()
+                   for n in a["optimizer"]["exp_avg"]) < 1e-9
+        assert [h["total"] for h in solo.history] == pytest.approx([h["total"] for h in results[seed].history])
+        assert _max_difference(_states(tmp_path / f"half{seed}"), b) < 1e-9
+        assert resumed[seed].history[-1]["total"] == pytest.approx(results[seed].history[-1]["total"])
+    assert _max_difference(_states(tmp_path / "group0"), _states(tmp_path / "group1")) > 1e-3
+
+
 def _group_argv(store, config_path, out, steps):
     return [sys.executable, "-m", "avsed.cli", "train", "--store", str(store), "--config", str(config_path),
             "--out", str(out), "--seeds", "0-2", "--steps", str(steps), "--resume"]
@@ -202,7 +229,7 @@ def test_steady_state_step_makes_no_host_round_trip(synthetic_store, seeds):
 @pytest.mark.parametrize("capture", [False, True])
 def test_cuda_step_does_not_synchronise(synthetic_store, capture):
     config = small_config(["logmel", "openl3"], steps=10, interpolation_weights="random", mixup_rate=0.5,
-                          device="cuda", compile=capture).resolved("cuda")
+                          device="cuda", capture=capture).resolved("cuda")
     assert config.bf16 and config.tf32
     device = torch.device("cuda")
     data = load_training_data(synthetic_store, config, device)
