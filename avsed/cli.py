@@ -125,8 +125,12 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
         in_process_defaults()
         from flows.extract import extract_features
+        from pipeline.extract import ExtractionInterrupted
 
-        report = extract_features(config=cfg, dask_address=args.dask_address)
+        try:
+            report = extract_features(config=cfg, dask_address=args.dask_address)
+        except ExtractionInterrupted:
+            return 130  # its one line was printed by the first Ctrl-C
     if args.json:
         print(json.dumps(report))
     else:

@@ -36,8 +36,9 @@ from prefect.futures import wait
 
 from flows import quiet_expected_errors, retry_unless_expected
 from flows.download_cap import ClusterDownloadCap, LeasedDownloads
-from pipeline.extract import (AudioJob, ExtractConfig, ExtractionPlan, ExtractionReport, ExtractionRun, VideoJob,
-                              finish_extraction, plan_extraction, probe_cached_videos)
+from pipeline.extract import (AudioJob, ExtractConfig, ExtractionInterrupted, ExtractionPlan, ExtractionReport,
+                              ExtractionRun, VideoJob, finish_extraction, plan_extraction, probe_cached_videos,
+                              sigint_stops, when_set)
 from pipeline.download import DownloadSession
 from pipeline.extract_config import resolve_extract_config
 from pipeline.store import StoreLock
@@ -143,7 +144,12 @@ def extract_features(config: ExtractConfig | None = None, config_file: str | Non
     cfg = resolve_extract_config(config, config_file)
     if dask_address:
         return _run_on_dask(cfg, dask_address)
-    return _run(cfg)
+    stop = threading.Event()
+    # Ctrl-C as in the plain engine: the first stops new shards and lets what is in hand be written (the flow then
+    # fails with `ExtractionInterrupted`, one line), a second ends the process at once. Left to Prefect, the
+    # KeyboardInterrupt waited for every submitted shard to finish (minutes) and printed tracebacks.
+    with sigint_stops(stop, "extract-features"):
+        return _run(cfg, stop)
 
 
 class _RunProgress:
@@ -210,12 +216,12 @@ def _settle(report: ExtractionReport, futures: list, progress: _RunProgress) -> 
     progress.shard_done()
 
 
-def _run(cfg: ExtractConfig) -> dict[str, Any]:
+def _run(cfg: ExtractConfig, stop: threading.Event) -> dict[str, Any]:
     with StoreLock(cfg.store, purpose="extract-features flow"):  # one writer per store for the whole run
-        return _run_locked(cfg)
+        return _run_locked(cfg, stop)
 
 
-def _run_locked(cfg: ExtractConfig) -> dict[str, Any]:
+def _run_locked(cfg: ExtractConfig, stop: threading.Event) -> dict[str, Any]:
     t0 = time.perf_counter()
     plan = plan_task(cfg)
     report = ExtractionReport(clips=plan.n_clips, new_clips=plan.new_clips, manifest_problems=plan.manifest_problems,
@@ -224,24 +230,35 @@ def _run_locked(cfg: ExtractConfig) -> dict[str, Any]:
     progress = _RunProgress(plan, len(shards), "audio and video features")
     t1 = time.perf_counter()
     audio_label, video_label = _label(plan.audio_features), _label(plan.video_features)
-    with ExtractionRun(cfg, observer=progress) as run:
-        probe = probe_task.submit(cfg, plan.probe_jobs, n=len(plan.probe_jobs), run=run)
-        window: deque = deque()
-        for shard, audio_jobs, video_jobs in shards:
-            while len(window) >= max(1, cfg.shards_in_flight):
+    done = threading.Event()
+    try:
+        with ExtractionRun(cfg, observer=progress, stop=stop) as run:
+            when_set(stop, done, run.interrupt)
+            probe = probe_task.submit(cfg, plan.probe_jobs, n=len(plan.probe_jobs), run=run)
+            window: deque = deque()
+            for shard, audio_jobs, video_jobs in shards:
+                if stop.is_set():
+                    break  # no new shard: the ones in the window settle with what their stopped stream had in hand
+                while len(window) >= max(1, cfg.shards_in_flight):
+                    _settle(report, window.popleft(), progress)
+                futures = []
+                if audio_jobs:
+                    futures.append(audio_task.submit(run, audio_jobs, plan.audio_features, shard=shard,
+                                                     label=audio_label))
+                if video_jobs:
+                    downloaded = download_task.submit(run, video_jobs, plan.video_features, shard=shard)
+                    futures += [downloaded, embed_task.submit(run, video_jobs, plan.video_features, shard=shard,
+                                                              label=video_label, wait_for=[downloaded])]
+                window.append(futures)
+            while window:
                 _settle(report, window.popleft(), progress)
-            futures = []
-            if audio_jobs:
-                futures.append(audio_task.submit(run, audio_jobs, plan.audio_features, shard=shard, label=audio_label))
-            if video_jobs:
-                downloaded = download_task.submit(run, video_jobs, plan.video_features, shard=shard)
-                futures += [downloaded, embed_task.submit(run, video_jobs, plan.video_features, shard=shard,
-                                                          label=video_label, wait_for=[downloaded])]
-            window.append(futures)
-        while window:
-            _settle(report, window.popleft(), progress)
-        report.add(ExtractionReport.from_dict(probe.result()))  # before the run (and its session) closes
-        busy = run.busy_seconds()
+            report.add(ExtractionReport.from_dict(probe.result()))  # before the run (and its session) closes
+            busy = run.busy_seconds()
+    finally:
+        done.set()
+    if stop.is_set():  # what was in hand is written (the store is consistent); statistics wait for a full run
+        report.seconds = time.perf_counter() - t0
+        raise ExtractionInterrupted(report)
     t2 = time.perf_counter()
     stats_task(cfg)
     report.stage_seconds = {"plan": t1 - t0, "shards (audio, re-check and video)": t2 - t1,

@@ -46,7 +46,7 @@ from pipeline.streaming import Observer, VideoCounts, VideoJob, VideoStream
 from pipeline.writer import ShardWriter, shard_groups
 
 __all__ = ["AudioJob", "VideoJob", "ExtractConfig", "ExtractionPlan", "ExtractionReport", "ExtractionRun",
-           "plan_extraction", "run_extraction", "ExtractionInterrupted", "sigint_stops", "extract_shard",
+           "plan_extraction", "run_extraction", "ExtractionInterrupted", "sigint_stops", "when_set", "extract_shard",
            "finish_extraction", "probe_cached_videos"]
 
 
@@ -415,8 +415,9 @@ class _Progress:
         self.video.close()
 
 
-class ExtractionInterrupted(Exception):
-    """The run was stopped (Ctrl-C) after writing what it had in hand; `report` counts what it did."""
+class ExtractionInterrupted(AvsedError):
+    """The run was stopped (Ctrl-C) after writing what it had in hand; `report` counts what it did. An expected
+    error: the Prefect engine logs it as its one line, and the command exits 130."""
 
     def __init__(self, report: "ExtractionReport"):
         super().__init__("interrupted: the clips in hand were written; a rerun does the rest")
@@ -530,7 +531,7 @@ def kill_children() -> None:
             pass
 
 
-def _when_set(stop: threading.Event, done: threading.Event, action: Callable[[], None]) -> threading.Thread:
+def when_set(stop: threading.Event, done: threading.Event, action: Callable[[], None]) -> threading.Thread:
     """A thread that runs `action` once `stop` is set (a signal handler only sets the event: the action takes
     locks the interrupted main thread may hold), or ends when `done` is."""
     def watch() -> None:
@@ -554,7 +555,7 @@ def _run_extraction(config: ExtractConfig, progress: bool, timing: ClipTiming,
     done = threading.Event()
     try:
         with ExtractionRun(config, timing, bars, stop=stop) as run:
-            _when_set(stop, done, run.interrupt)
+            when_set(stop, done, run.interrupt)
             report.add(run.audio(plan.audio_jobs, plan.audio_features))
             bars.audio.close()
             t2 = time.perf_counter()
