@@ -37,7 +37,7 @@ def test_every_subcommand_has_help_on_every_flag():
     parser = cli.build_parser()
     commands = parser._subparsers._group_actions[0].choices
     assert set(commands) == {"synth", "serve-videos", "extract", "status", "migrate-store", "train", "paper",
-                             "evaluate", "report", "serve", "demo"}
+                             "evaluate", "report", "serve", "demo", "detect"}
     for name, sub in commands.items():
         for action in sub._actions:
             if action.dest != "help":
