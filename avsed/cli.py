@@ -3,7 +3,7 @@ detect, demo.
 
 Each subcommand parses flags and calls one plain function of the packages; imports are lazy so that
 `avsed status` does not pay for torch and Prefect. Settings come from a config file (`--config`), then the
-flags, then `--set a.b=value` (repeatable), merged key by key (avsed.config). Expected errors (`AvsedError`: a bad
+flags, then `--set a.b=value` (repeatable), merged key by key (avsed.core.config). Expected errors (`AvsedError`: a bad
 setting, a missing store, a store another run writes, ...) print one line and exit 2; `--debug` shows the
 traceback.
 """
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.errors import AvsedError
+    from avsed.core.errors import AvsedError
 
 
 def _csv(value: str) -> tuple[str, ...]:
@@ -47,8 +47,8 @@ def _learned_modes(value: str) -> list[str]:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from pipeline.synth import SynthConfig, make_synthetic_dataset
-    from pipeline.synth_failures import ALL_FAILURE_CASES
+    from avsed.synthetic.dataset import SynthConfig, make_synthetic_dataset
+    from avsed.synthetic.failures import ALL_FAILURE_CASES
 
     cases = ALL_FAILURE_CASES if args.failure_cases == "all" else _csv(args.failure_cases or "")
     summary = make_synthetic_dataset(args.out, SynthConfig(clips=args.clips, seed=args.seed,
@@ -59,7 +59,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_serve_videos(args: argparse.Namespace) -> int:
-    from pipeline.serve import serve_videos
+    from avsed.synthetic.video_host import serve_videos
 
     print(f"serving {args.directory} on http://{args.host}:{args.port}/<youtube_id>.mp4 (Ctrl-C or SIGTERM stops)")
     serve_videos(args.directory, args.port, args.host, removed_status=args.removed_status)
@@ -72,7 +72,7 @@ SET_HELP = ("override one setting, e.g. --set download.concurrency=2 or --set mo
 
 def _flags(pairs: dict) -> dict:
     """The settings the flags give ({"a.b": v} -> {"a": {"b": v}}), leaving out flags not given."""
-    from avsed.config import merge
+    from avsed.core.config import merge
 
     out: dict = {}
     for key, value in pairs.items():
@@ -90,7 +90,7 @@ def _flags(pairs: dict) -> dict:
 
 def extract_config_from_args(args: argparse.Namespace):
     """--config, then the flags, then --set, merged key by key into one checked ExtractConfig."""
-    from avsed.config import parse_sets
+    from avsed.core.config import parse_sets
     from pipeline.extract_config import resolve_extract_config
 
     flags = _flags({
@@ -176,8 +176,8 @@ def cmd_migrate_store(args: argparse.Namespace) -> int:
 def train_config_from_args(args: argparse.Namespace, dirs: list[Path]):
     """--config (or the paper's defaults), then --seed / --steps / --device, then --set, merged key by key; None
     resumes with the checkpoints' own config when nothing is given that would change it."""
-    from avsed.config import parse_sets
-    from training.cli import CHECKPOINT
+    from avsed.core.config import parse_sets
+    from training.run_dirs import CHECKPOINT
     from training.config import resolve_train_config
 
     sets = parse_sets(getattr(args, "set", None))
@@ -191,11 +191,11 @@ def train_config_from_args(args: argparse.Namespace, dirs: list[Path]):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from training.cli import CHECKPOINT, parse_seeds, seed_dir
+    from training.run_dirs import CHECKPOINT, parse_seeds, seed_dir
 
     seeds = parse_seeds(args.seeds) if isinstance(args.seeds, str) else args.seeds
     if seeds and args.seed is not None:
-        from avsed.config import ConfigError
+        from avsed.core.config import ConfigError
 
         raise ConfigError("give --seed or --seeds, not both")
     dirs = [seed_dir(args.out, s) for s in seeds] if seeds else [Path(args.out)]
@@ -211,7 +211,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         from flows.train import train_flow
 
         if args.accept_changed_store:
-            from avsed.config import ConfigError
+            from avsed.core.config import ConfigError
 
             raise ConfigError("--accept-changed-store works with --engine plain; resume there once, then go on")
         results = train_flow(args.store, args.out, config=config, seeds=seeds or None)
@@ -238,7 +238,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_paper(args: argparse.Namespace) -> int:
     """The grid of the paper's Tables 5-8, trained, evaluated and tabulated."""
-    from avsed.config import parse_sets
+    from avsed.core.config import parse_sets
     from training.config import resolve_train_config
 
     flags = _flags({"epochs": 1 if args.steps is not None else None, "steps_per_epoch": args.steps,
@@ -254,7 +254,7 @@ def cmd_paper(args: argparse.Namespace) -> int:
     if args.work_pool:
         import os
 
-        from avsed.config import ConfigError
+        from avsed.core.config import ConfigError
 
         if args.engine != "prefect" or not os.environ.get("PREFECT_API_URL"):
             raise ConfigError("--work-pool: set PREFECT_API_URL to the server the pool's workers poll (and keep "
@@ -281,13 +281,13 @@ def cmd_paper(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from evaluation.cli import run_evaluate
+    from evaluation.commands import run_evaluate
 
     return run_evaluate(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from evaluation.cli import run_report
+    from evaluation.commands import run_report
 
     return run_report(args)
 
@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_synth)
 
     s = sub.add_parser("serve-videos", help="serve DIR/<youtube_id>.mp4 on 127.0.0.1 (absent ids answer 404; "
-                                            "DIR/answers.json scripts per-id answers, see pipeline.serve)")
+                                            "DIR/answers.json scripts per-id answers, see avsed.synthetic.video_host)")
     s.add_argument("directory", help="folder of <youtube_id>.mp4 files")
     s.add_argument("--port", type=int, default=8765, help="TCP port (default 8765)")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1 only)")
@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clips-per-shard", type=int, default=128, help="clips per shard file of the new store")
     s.set_defaults(func=cmd_migrate_store)
 
-    from training.cli import seeds_argument
+    from training.run_dirs import seeds_argument
 
     s = sub.add_parser("train", help="train a model (or several seeds of it together) on a cached store")
     s.add_argument("--store", required=True, help="the feature store (features.zarr) to train on")
@@ -502,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _expected(exc: BaseException) -> AvsedError | None:
     """The user-fixable refusal behind `exc` (itself or a cause, e.g. re-raised by a Prefect task), if any."""
-    from pipeline.errors import AvsedError
+    from avsed.core.errors import AvsedError
 
     seen = set()
     while exc is not None and id(exc) not in seen:

@@ -116,7 +116,7 @@ def demo_extract_config(data: Path, store: Path, url_template: str, cfg: DemoCon
 
 
 def demo_synth_config(cfg: DemoConfig):
-    from pipeline.synth import SynthConfig
+    from avsed.synthetic.dataset import SynthConfig
 
     return SynthConfig(clips=cfg.clips, seed=cfg.seed, missing_fraction=cfg.missing_fraction,
                        partition_fractions=cfg.partition_fractions, strong_video_fraction=cfg.strong_video_fraction)
@@ -145,9 +145,9 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, config: Demo
     from evaluation.evaluate import EvaluationResult
     from evaluation.plots import plot_psd_roc
     from evaluation.report import write_report
-    from pipeline.serve import VideoServerProcess
+    from avsed.synthetic.video_host import VideoServerProcess
     from pipeline.status import format_status, store_status
-    from pipeline.synth import make_synthetic_dataset
+    from avsed.synthetic.dataset import make_synthetic_dataset
 
     cpus = os.cpu_count() or 1
     torch.set_num_threads(cpus)
@@ -321,7 +321,7 @@ def run_side_by_side(jobs: list[tuple]) -> list[tuple[float, float]]:
 
 def vanish_videos(store_path: Path, video_dir: Path, n: int, seed: int) -> list[str]:
     """Delete `n` served videos of clips whose features are cached (as YouTube takes videos down)."""
-    from pipeline.store import FeatureStore
+    from avsed.core.store import FeatureStore
 
     store = FeatureStore.open(store_path)
     ids = [y for y, p in zip(store.strings("youtube_id"), store.present("openl3")) if p and y]
@@ -354,7 +354,7 @@ def claim_markdown(results: dict, baseline: str = "audio-only") -> str:
 
 def learned_markdown(results: dict) -> str:
     """Per model with learned weights: each video kind's eval clips and their mean visual weight ± std."""
-    from evaluation.gate import UNINFORMATIVE
+    from evaluation.gate_weights import UNINFORMATIVE
 
     rows = ["| model | video | clips | visual weight |", "|---|---|---:|---:|"]
     for name, r in results.items():
@@ -387,7 +387,7 @@ class Piece:
 
 def eval_plans(synth, n: int) -> list:
     """The first `n` (or all, if fewer) eval clips of a synthetic set that start at 0 in their video."""
-    from pipeline.synth import plan_dataset
+    from avsed.synthetic.dataset import plan_dataset
 
     return [p for p in plan_dataset(synth) if p.partition.name == "eval" and p.start == 0.0 and p.failure is None][:n]
 
@@ -396,8 +396,8 @@ def render_pieces(synth, plans: list, last_seconds: float | None = None) -> tupl
     """Audio (at the set's rate) and video frames of each clip, the last one cut to `last_seconds`; every clip's
     video is rendered showing its events (whatever its kind in the set), and the events shifted onto the
     recording's time line."""
-    from pipeline.labels import Event
-    from pipeline.synth import render_audio, render_video_frames
+    from avsed.core.labels import Event
+    from avsed.synthetic.dataset import render_audio, render_video_frames
 
     audio, frames, pieces, t = [], [], [], 0.0
     for k, plan in enumerate(plans):

@@ -35,11 +35,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detection.detect import detect_recording  # noqa: E402
-from detection.run import Detector  # noqa: E402
+from detection.detector import Detector  # noqa: E402
 from features.logmel import LogMel  # noqa: E402
 from features.openl3 import OpenL3, OpenL3Config  # noqa: E402
-from pipeline.classes import DESED_CLASSES  # noqa: E402
-from pipeline.labels import ClipTiming  # noqa: E402
+from avsed.core.classes import DESED_CLASSES  # noqa: E402
+from avsed.core.labels import ClipTiming  # noqa: E402
 from training.config import ModelConfig, TrainConfig  # noqa: E402
 from training.models import build_model  # noqa: E402
 

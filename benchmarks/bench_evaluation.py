@@ -27,8 +27,8 @@ from evaluation.counts import macro_f1, micro_f1  # noqa: E402
 from evaluation.evaluate import score, tune  # noqa: E402
 from evaluation.postprocess import postprocess  # noqa: E402
 from evaluation.psds import OPERATING_POINTS, PSDS1, PSDS2  # noqa: E402
-from evaluation.synthetic import synthetic_predictions  # noqa: E402
-from tests.evaluation.field_libraries import psds_eval_values, sed_eval_f1  # noqa: E402
+from avsed.synthetic.frame_probs import synthetic_predictions  # noqa: E402
+from avsed.synthetic.field_libraries import psds_eval_values, sed_eval_f1  # noqa: E402
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ import torch  # noqa: E402
 from benchmarks.bench_visual import GpuUtilisation, contextlib_null  # noqa: E402
 from pipeline.download import DownloadConfig  # noqa: E402
 from pipeline.extract import ExtractConfig, run_extraction  # noqa: E402
-from pipeline.serve import VideoServerProcess  # noqa: E402
-from pipeline.synth import SynthConfig, make_synthetic_dataset  # noqa: E402
+from avsed.synthetic.video_host import VideoServerProcess  # noqa: E402
+from avsed.synthetic.dataset import SynthConfig, make_synthetic_dataset  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 

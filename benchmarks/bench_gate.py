@@ -51,8 +51,8 @@ def ensure_store(demo_out: Path, cfg: DemoConfig) -> tuple[Path, Path]:
     if store.exists() and truth.exists():
         return store, truth
     from pipeline.extract import run_extraction
-    from pipeline.serve import VideoServerProcess
-    from pipeline.synth import make_synthetic_dataset
+    from avsed.synthetic.video_host import VideoServerProcess
+    from avsed.synthetic.dataset import make_synthetic_dataset
 
     make_synthetic_dataset(demo_out / "data", demo_synth_config(cfg), workers=os.cpu_count() or 1)
     server = VideoServerProcess(demo_out / "data" / "videos")

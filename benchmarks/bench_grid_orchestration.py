@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from grid.plan import paper_grid  # noqa: E402
 from grid.run import GridSpec, RunReader, run_grid  # noqa: E402
-from tests.flows.test_prefect_deployment import BIN, free_port, stop_group, wait_for  # noqa: E402
+from avsed.synthetic.processes import BIN, free_port, stop_group, wait_for  # noqa: E402
 from training.config import TrainConfig  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.manifest import DESED_2020_PARTITIONS  # noqa: E402
+from avsed.core.manifest import DESED_2020_PARTITIONS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DESED_2020_SIZES = {"weak": 1578, "unlabelled": 14412, "synthetic": 2584, "validation": 1168, "eval": 692}
@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         child(json.loads(args.child))
         return 0
 
-    from pipeline.serve import VideoServerProcess
-    from pipeline.synth import SynthConfig, make_synthetic_dataset
+    from avsed.synthetic.video_host import VideoServerProcess
+    from avsed.synthetic.dataset import SynthConfig, make_synthetic_dataset
 
     sizes = [FULL if s == "full" else int(s) for s in args.sizes.split(",")]
     work = Path(args.workdir or tempfile.mkdtemp(prefix="avsed-scale-"))

@@ -36,7 +36,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.config import TrainConfig  # noqa: E402
-from training.synthetic_store import SyntheticStoreSpec, build_synthetic_store  # noqa: E402
+from avsed.synthetic.stores import SyntheticStoreSpec, build_synthetic_store  # noqa: E402
 from training.train import load_training_data, prepare_group, resolve_device  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -15,7 +15,7 @@ A bad input is one line (`Failure`) and the others still run.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -25,44 +25,18 @@ from tqdm.auto import tqdm
 
 from detection.media import (DETECT_FORMAT, InputError, Source, collect_sources, decode_video_span, fetch_youtube,
                              probe_media, read_audio)
-from detection.outputs import plot_timeline, write_recording_json, write_tsv
-from detection.run import Detector, load_detector
+from detection.outputs import Recording, plot_timeline, write_recording_json, write_tsv
+from detection.detector import Detector, load_detector
 from detection.windows import WindowGrid, cut_windows, overlap_average, window_grid
 from evaluation.postprocess import postprocess
 from pipeline.download import DownloadConfig
-from pipeline.errors import AvsedError
-from pipeline.labels import Event, LabelEncoder
+from avsed.core.errors import AvsedError
+from avsed.core.labels import LabelEncoder
 from training.config import AUDIO_STREAM
 from training.fusion import resolve_weights
 
 DEFAULT_HOP_SECONDS = 5.0
 DEFAULT_BATCH_WINDOWS = 16
-
-
-@dataclass
-class Recording:
-    """One recording's detections and what produced them."""
-
-    name: str
-    path: Path
-    duration: float
-    grid: WindowGrid
-    frame_probs: np.ndarray  # (frames, C) overlap-averaged
-    events: list[Event]
-    window_weights: np.ndarray  # (windows, S) interpolation weights used (a learned gate's: mean over frames)
-    window_video: np.ndarray  # (windows,) bool: the window had video
-    video_seconds: float  # of picture used (to its last decoded frame; 0 without a picture or a visual stream)
-    warnings: list[str] = field(default_factory=list)
-    outputs: dict[str, Path] = field(default_factory=dict)
-
-    def summary(self) -> str:
-        counts: dict[str, int] = {}
-        for e in self.events:
-            counts[e.label] = counts.get(e.label, 0) + 1
-        found = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) or "none"
-        with_video = int(self.window_video.sum())
-        return (f"{self.name}: {self.duration:.1f} s, {self.grid.n_windows} window(s) ({with_video} with video), "
-                f"{len(self.events)} event(s): {found}")
 
 
 @dataclass

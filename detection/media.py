@@ -19,11 +19,11 @@ import soundfile as sf
 
 from pipeline.audio import AudioError, load_clip_audio
 from pipeline.download import DownloadConfig, download_clips
-from pipeline.errors import AvsedError
+from avsed.core.errors import AvsedError
 from pipeline.ffmpeg_bin import ffmpeg_exe
 from pipeline.frames import VideoError, decode_frames, parse_duration
-from pipeline.labels import ClipTiming
-from pipeline.manifest import YouTubeSegment
+from avsed.core.labels import ClipTiming
+from avsed.core.manifest import YouTubeSegment
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".mp3", ".ogg", ".oga", ".opus", ".m4a", ".aac")
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".m4v", ".avi")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import matplotlib
@@ -14,11 +15,39 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from avsed.core.labels import Event  # noqa: E402
+from detection.windows import WindowGrid  # noqa: E402
 from evaluation.export import HEADER  # noqa: E402
 
 if TYPE_CHECKING:  # pragma: no cover
-    from detection.detect import Recording
-    from detection.run import Detector
+    from detection.detector import Detector
+
+
+@dataclass
+class Recording:
+    """One recording's detections and what produced them."""
+
+    name: str
+    path: Path
+    duration: float
+    grid: WindowGrid
+    frame_probs: np.ndarray  # (frames, C) overlap-averaged
+    events: list[Event]
+    window_weights: np.ndarray  # (windows, S) interpolation weights used (a learned gate's: mean over frames)
+    window_video: np.ndarray  # (windows,) bool: the window had video
+    video_seconds: float  # of picture used (to its last decoded frame; 0 without a picture or a visual stream)
+    warnings: list[str] = field(default_factory=list)
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        counts: dict[str, int] = {}
+        for e in self.events:
+            counts[e.label] = counts.get(e.label, 0) + 1
+        found = ", ".join(f"{k} x{v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) or "none"
+        with_video = int(self.window_video.sum())
+        return (f"{self.name}: {self.duration:.1f} s, {self.grid.n_windows} window(s) ({with_video} with video), "
+                f"{len(self.events)} event(s): {found}")
+
 
 
 def tsv_lines(rec: "Recording") -> list[str]:

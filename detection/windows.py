@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from pipeline.labels import ClipTiming
+from avsed.core.labels import ClipTiming
 
 
 @dataclass(frozen=True)

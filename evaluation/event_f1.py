@@ -15,7 +15,7 @@ import numpy as np
 
 from evaluation.events import flatten_events, rank_in_group
 from evaluation.postprocess import Runs, frame_runs
-from pipeline.labels import ClipTiming, Event
+from avsed.core.labels import ClipTiming, Event
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.classes import class_index
-from pipeline.labels import Event
+from avsed.core.classes import class_index
+from avsed.core.labels import Event
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from evaluation.evaluate import EvaluationResult  # noqa: E402
-from pipeline.labels import ClipTiming  # noqa: E402
+from avsed.core.labels import ClipTiming  # noqa: E402
 
 
 def plot_psd_roc(results: dict[str, EvaluationResult], path: str | Path, set_name: str = "all") -> Path:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.labels import Event, LabelEncoder
+from avsed.core.labels import Event, LabelEncoder
 
 
 def binarize(probs: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from evaluation.events import flatten_events
-from pipeline.classes import DESED_CLASSES, class_index
-from pipeline.labels import ClipTiming, Event, LabelEncoder
+from avsed.core.classes import DESED_CLASSES, class_index
+from avsed.core.labels import ClipTiming, Event, LabelEncoder
 
 
 class PredictionsError(ValueError):

@@ -16,7 +16,7 @@ import numpy as np
 
 from evaluation.events import flatten_events
 from evaluation.postprocess import frame_runs, median_filter_binary
-from pipeline.labels import ClipTiming, Event
+from avsed.core.labels import ClipTiming, Event
 
 SECONDS_PER_UNIT = {"minute": 60, "hour": 3600, "day": 24 * 3600}
 # 0.01, 0.03, ..., 0.99: the paper's 50 operating points

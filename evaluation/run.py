@@ -9,7 +9,7 @@ scores the mean teacher, recorded in `info["teacher"]` and in the model name so 
 
 A model with learned interpolation weights (training/gate.py) chooses its weights per clip, so no inference audio
 weight is tuned for it; its weights on every validation and eval clip are written to `learned_weights.csv` and
-plotted by what the video shows (`learned_weights.png`, evaluation/gate.py; give the synthetic set's
+plotted by what the video shows (`learned_weights.png`, evaluation/gate_weights.py; give the synthetic set's
 truth/videos.tsv as `video_truth` to tell still images and black screens apart), and their mean per video kind
 on eval goes into `info["learned_weights"]`.
 """
@@ -20,17 +20,17 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from evaluation.evaluate import METRICS, EvaluationConfig, EvaluationResult, evaluate, score, tune
 from evaluation.export import export_predictions
-from evaluation.gate import kind_summary, learned_weights, write_gate_outputs
+from evaluation.gate_weights import kind_summary, learned_weights, read_video_truth, write_gate_outputs
 from evaluation.plots import plot_example_clip, plot_per_class, plot_psd_roc
 from evaluation.predictions import Predictions
-from pipeline.labels import ClipTiming, LabelEncoder
-from pipeline.store import FeatureStore
+from avsed.core.labels import ClipTiming, LabelEncoder
+from avsed.core.store import FeatureStore
 from training.config import TrainConfig
 from training.predict import load_checkpoint, predict
 
@@ -115,9 +115,12 @@ def evaluate_checkpoint(checkpoint: str | Path, store: str | Path, out_dir: str 
                         audio_weight_grid: Sequence[float] | None = None, config: EvaluationConfig = EvaluationConfig(),
                         validation_partition: str = "validation", test_partition: str = "eval",
                         device: str = "auto", example_clips: int = 2, use_teacher: bool = False,
-                        video_truth: str | Path | None = None) -> RunEvaluation:
+                        video_truth: Mapping[str, str] | str | Path | None = None) -> RunEvaluation:
     """Predict, tune on validation, score the test partition; write everything to `out_dir` when given.
-    `video_truth`: a truth/videos.tsv saying what each clip's video shows, for a learned gate's weights."""
+    `video_truth`: what each clip's video shows (clip id -> kind, or a TSV of them such as the synthetic set's
+    truth/videos.tsv), for a learned gate's weights."""
+    if video_truth is not None and not isinstance(video_truth, Mapping):
+        video_truth = read_video_truth(video_truth)
     ckpt = load_checkpoint(checkpoint)
     train_config = TrainConfig.from_dict(ckpt["config"])
     info = {"model": model_name(train_config, use_teacher), "seed": train_config.seed, "checkpoint": str(checkpoint),

@@ -21,7 +21,7 @@ import numpy as np
 
 from evaluation.events import flatten_events
 from evaluation.postprocess import Runs, frame_runs
-from pipeline.labels import ClipTiming, Event
+from avsed.core.labels import ClipTiming, Event
 
 SEGMENT_LENGTHS: tuple[str, ...] = ("desed_task", "duration")
 

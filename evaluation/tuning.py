@@ -24,7 +24,7 @@ from evaluation.counts import f1_from_counts
 from evaluation.event_f1 import EventF1Config, EventReference, event_counts_from_runs
 from evaluation.postprocess import frame_runs, median_filter_binary
 from evaluation.segment_f1 import SegmentReference, segment_counts_from_runs
-from pipeline.labels import ClipTiming
+from avsed.core.labels import ClipTiming
 
 THRESHOLDS: tuple[float, ...] = tuple(np.round(np.arange(1, 10) * 0.1, 1).tolist())
 FILTER_SIZES: tuple[int, ...] = tuple(range(1, 32, 2))

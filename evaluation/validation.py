@@ -21,8 +21,8 @@ from evaluation.evaluate import EvaluationConfig, Tuning, score
 from evaluation.predictions import Predictions
 from evaluation.psds import PSDS1
 from evaluation.tuning import TunedPostprocessing
-from pipeline.labels import ClipTiming, Event
-from pipeline.store import FeatureStore
+from avsed.core.labels import ClipTiming, Event
+from avsed.core.store import FeatureStore
 from training.config import TrainConfig
 from training.data import Batch, load_clips
 from training.fusion import resolve_weights

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from pipeline.labels import ClipTiming
+from avsed.core.labels import ClipTiming
 
 _REGISTRY: dict[str, type["FeatureExtractor"]] = {}
 

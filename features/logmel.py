@@ -9,7 +9,7 @@ import torch
 import torchaudio
 
 from features.base import AudioExtractor, register_extractor
-from pipeline.labels import ClipTiming
+from avsed.core.labels import ClipTiming
 
 
 @dataclass(frozen=True)

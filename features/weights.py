@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import AvsedError
+from avsed.core.errors import AvsedError
 
 WEIGHTS_DIR_ENV = "AVSED_WEIGHTS_DIR"
 RANDOM_WEIGHTS = "random"

@@ -31,7 +31,7 @@ def in_process_defaults(local_api: bool = True) -> None:
 
 
 def is_expected_error(exc: BaseException | None) -> bool:
-    from pipeline.errors import AvsedError
+    from avsed.core.errors import AvsedError
 
     return isinstance(exc, AvsedError)
 

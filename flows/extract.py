@@ -41,7 +41,7 @@ from pipeline.extract import (AudioJob, ExtractConfig, ExtractionInterrupted, Ex
                               sigint_stops, when_set)
 from pipeline.download import DownloadSession
 from pipeline.extract_config import resolve_extract_config
-from pipeline.store import StoreLock
+from avsed.core.store import StoreLock
 
 GPU_TAG = "avsed-gpu"  # a Prefect concurrency limit on this tag caps the tasks that use the GPU
 

@@ -26,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import quiet_expected_errors, retry_unless_expected
 from grid.runs import train_runs
-from training.cli import seed_dir
+from training.run_dirs import seed_dir
 from training.config import TrainConfig, resolve_train_config
 
 

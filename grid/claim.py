@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from pipeline.errors import AvsedError
+from avsed.core.errors import AvsedError
 
 CLAIM = "claim.json"
 TAKEOVERS = "claims.jsonl"  # one line per dead holder's claim taken over

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from pipeline.store import FeatureStore
-from training.cli import parse_seeds, seed_dir
+from avsed.core.store import FeatureStore
+from training.run_dirs import parse_seeds, seed_dir
 from training.config import AUDIO_STREAM, TrainConfig, TrainConfigError, merge_settings
 
 VISUAL_FEATURES = ("vgg16", "openl3", "tce")  # Table 5 / 6 rows, in the paper's order

@@ -28,7 +28,7 @@ from prefect.states import Crashed
 from grid.claim import LEASE_S, describe, holder_alive, read_claim
 from grid.plan import Unit, run_dir
 from grid.run import GridSpec, Outcome
-from pipeline.errors import AvsedError
+from avsed.core.errors import AvsedError
 
 TRAIN_FLOW, EVALUATE_FLOW = "train", "evaluate"
 _EXCEPTION = re.compile(r"exception:\s*(\w+):\s*(.*)", re.S)

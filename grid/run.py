@@ -24,7 +24,7 @@ from grid.learned import write_learned_tables
 from grid.plan import GridEntry, Unit, as_base_config, grid_units, plan_paper, run_dir
 from grid.runs import PaperRun, RunRecord, evaluate_run, evaluation_of, is_trained, summary_of, train_unit
 from grid.tables import write_tables
-from pipeline.errors import AvsedError
+from avsed.core.errors import AvsedError
 from training.config import TrainConfig
 
 REPORT = "grid-report.md"

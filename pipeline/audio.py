@@ -17,9 +17,9 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from pipeline.errors import ClipError
-from pipeline.labels import ClipTiming
-from pipeline.manifest import parse_clip_name
+from avsed.core.errors import ClipError
+from avsed.core.labels import ClipTiming
+from avsed.core.manifest import parse_clip_name
 
 # DESED's files match their names' time ranges to the sample; 50 ms of slack ignores rounding in the names
 # (3 decimals) and resampler edges, and still catches a file that is a fraction of its clip.

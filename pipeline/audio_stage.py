@@ -16,7 +16,7 @@ import numpy as np
 
 from features.base import AudioExtractor
 from pipeline.audio import AudioError, load_clip_audio
-from pipeline.labels import ClipTiming
+from avsed.core.labels import ClipTiming
 from pipeline.ledger import Ledger
 from pipeline.writer import ShardWriter
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.frames import VideoError, decode_frames
-from pipeline.labels import ClipTiming
+from avsed.core.labels import ClipTiming
 
 # ffmpeg decodes with one thread per worker process: the pool runs one worker per core, so more threads per ffmpeg
 # would only contend.

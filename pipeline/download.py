@@ -26,7 +26,7 @@ flight as `not_attempted` / `interrupted` (never recorded) and kills their ffmpe
 its worker (and so its slot) until yt-dlp gives up, so abandoned work never grows beyond `concurrency` threads.
 
 The URL template is YouTube's watch URL by default; tests and the demo point it at the loopback server
-(`pipeline.serve`), whose YouTube-shaped watch URLs go through `pipeline.loopback_youtube`. Partial
+(`avsed.synthetic.video_host`), whose YouTube-shaped watch URLs go through `avsed.synthetic.loopback_youtube`. Partial
 downloads go through ffmpeg, which yt-dlp only accepts when an executable named `ffmpeg` is on PATH:
 `pipeline.ffmpeg_bin` provides the project's one.
 
@@ -58,11 +58,11 @@ from tqdm.auto import tqdm
 from pipeline.circuit_breaker import CircuitBreaker
 from pipeline.download_reasons import (NOT_MEDIA_MESSAGE, classify_download_error,  # noqa: F401 - re-exported
                                        classify_message)
-from pipeline.errors import AvsedError
+from avsed.core.errors import AvsedError
 from pipeline.ffmpeg_bin import ensure_ffmpeg_on_path, ffmpeg_exe
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.manifest import YouTubeSegment
+    from avsed.core.manifest import YouTubeSegment
 
 # Final video files yt-dlp may leave (its partial files end in .part / .ytdl / .temp and are ignored).
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".mov", ".m4v", ".flv", ".3gp")
@@ -115,6 +115,10 @@ class DownloadConfig(BaseModel):
     max_sleep_interval: float | None = Field(None, description="with sleep_interval: a random wait in "
                                                                "[sleep_interval, this]")
     sleep_interval_requests: float | None = Field(None, description="seconds between a clip's metadata requests")
+    # yt-dlp asks these before its own extractors (a site of your own, a mirror, the loopback host of tests and the
+    # demo: avsed.synthetic.loopback_youtube); imported by name, so the pipeline depends on none of them.
+    extractors: tuple[str, ...] = Field((), description="yt-dlp extractor classes of your own as 'module:Class', "
+                                                        "asked before yt-dlp's")
     extractor_args: dict[str, dict[str, list[str]]] = Field(
         default_factory=dict, description='yt-dlp extractor arguments, e.g. {"youtube": {"player_client": ["web"]}}')
     # After this many consecutive refusals of one kind (HTTP 429 / bot check) the run stops downloading and
@@ -156,6 +160,14 @@ class DownloadConfig(BaseModel):
     @classmethod
     def _extractor_args(cls, value):
         return _checked_extractor_args(value)
+
+    @field_validator("extractors", mode="before")
+    @classmethod
+    def _extractors(cls, value):
+        specs = (value,) if isinstance(value, str) else tuple(value or ())
+        for spec in specs:
+            load_extractor(spec)  # a typo is refused before any work, in one line
+        return specs
 
     def url(self, youtube_id: str) -> str:
         return self.url_template.format(youtube_id=youtube_id)
@@ -307,13 +319,28 @@ def _new_youtubedl(config: DownloadConfig, log: _CapturedLog, progress_hook=None
     return yt_dlp.YoutubeDL(youtubedl_options(config, log, progress_hook))
 
 
-# The loopback host's YouTube-shaped watch URLs (pipeline.serve) go to their own extractor.
-_LOOPBACK_WATCH = re.compile(r"^http://(?:127\.0\.0\.1|localhost):\d+/watch\?v=")
+def load_extractor(spec: str):
+    """The yt-dlp extractor class named 'module:Class' (`download.extractors`), or one line saying what is wrong."""
+    import importlib
+
+    from yt_dlp.extractor.common import InfoExtractor
+
+    module, _, name = str(spec).partition(":")
+    try:
+        cls = getattr(importlib.import_module(module), name) if module and name else None
+    except (ImportError, AttributeError) as e:
+        raise AvsedError(f"download.extractors: cannot load {spec!r} ({e}); give 'module:Class' of an importable "
+                         f"yt-dlp extractor") from None
+    if not (isinstance(cls, type) and issubclass(cls, InfoExtractor)):
+        raise AvsedError(f"download.extractors: {spec!r} is not 'module:Class' of a yt-dlp InfoExtractor subclass")
+    return cls
 
 
 @functools.lru_cache(maxsize=8)
-def _extractor_for(url_template: str):
-    """The extractor class yt-dlp picks for this template's URLs: the first enabled one that is suitable.
+def _extractor_for(url_template: str, extractors: tuple[str, ...] = ()):
+    """The extractor class for this template's URLs and whether it is one of `extractors` (not among yt-dlp's own,
+    so each YoutubeDL instance must be given it): the first of `extractors` that is suitable, else yt-dlp's pick,
+    the first enabled one of its own that is.
 
     yt-dlp asks its ~1750 extractors in turn for every URL; YouTube's is 5th, but the generic one (direct links,
     the loopback host) is last, and that scan cost ~45 ms of CPU per clip (measured on loopback, more than the
@@ -322,20 +349,19 @@ def _extractor_for(url_template: str):
     from yt_dlp.extractor import gen_extractor_classes
 
     url = url_template.format(youtube_id="aaaaaaaaaaa")  # an 11-character id, as YouTube's
-    if _LOOPBACK_WATCH.match(url):
-        from pipeline.loopback_youtube import LoopbackYoutubeIE
-
-        return LoopbackYoutubeIE
-    return next((ie for ie in gen_extractor_classes() if getattr(ie, "_ENABLED", True) and ie.suitable(url)), None)
+    for ie in map(load_extractor, extractors):
+        if ie.suitable(url):
+            return ie, True
+    return next((ie for ie in gen_extractor_classes() if getattr(ie, "_ENABLED", True) and ie.suitable(url)), None), False
 
 
 def _extract(ydl, config: DownloadConfig, youtube_id: str, download: bool):
     url = config.url(youtube_id)
-    ie = _extractor_for(config.url_template)
+    ie, own = _extractor_for(config.url_template, config.extractors)
     ie_key = None
     if ie is not None and ie.suitable(url):  # otherwise (an odd id) yt-dlp chooses, as usual
         ie_key = ie.ie_key()
-        if not getattr(ie, "_ENABLED", True):  # ours: not among yt-dlp's own, so added to this instance
+        if own:
             ydl.add_info_extractor(ie())
     return ydl.extract_info(url, download=download, ie_key=ie_key)
 

@@ -35,13 +35,13 @@ from features.base import AudioExtractor, FeatureExtractor, FrameExtractor, buil
 from pipeline.audio_stage import AudioJob, extract_audio_stream
 from pipeline.download import NO_YOUTUBE_ID_MESSAGE, DownloadSession, probe_clips, remove_partial_files
 from pipeline.download_reasons import retry_due
-from pipeline.errors import AvsedError
+from avsed.core.errors import AvsedError
 from pipeline.extract_config import ExtractConfig
-from pipeline.labels import ClipTiming
+from avsed.core.labels import ClipTiming
 from pipeline.ledger import Ledger, LedgerEntry, VideoRecord, open_ledger_for_store
-from pipeline.manifest import read_manifest
-from pipeline.stats import update_feature_stats
-from pipeline.store import DEFAULT_CLIPS_PER_SHARD, FeatureStore, StoreLock
+from avsed.core.manifest import read_manifest
+from avsed.core.stats import update_feature_stats
+from avsed.core.store import DEFAULT_CLIPS_PER_SHARD, FeatureStore, StoreLock
 from pipeline.streaming import Observer, VideoCounts, VideoJob, VideoStream
 from pipeline.writer import ShardWriter, shard_groups
 

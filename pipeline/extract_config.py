@@ -16,11 +16,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 from pydantic.json_schema import WithJsonSchema
 
-from avsed.config import ConfigError, did_you_mean, error_message, merge, read_yaml_mapping, resolve, validated
+from avsed.core.config import ConfigError, did_you_mean, error_message, merge, read_yaml_mapping, resolve, validated
 from features.base import extractor_class, extractor_names
 from pipeline.download import DownloadConfig
 from pipeline.ledger import Ledger
-from pipeline.store import DEFAULT_CLIPS_PER_SHARD
+from avsed.core.store import DEFAULT_CLIPS_PER_SHARD
 
 __all__ = ["ExtractConfig", "ExtractConfigError", "FEATURES", "resolve_extract_config"]
 
@@ -155,5 +155,5 @@ def resolve_extract_config(config: ExtractConfig | dict[str, Any] | None = None,
                            config_file: str | Path | None = None,
                            sets: dict[str, Any] | None = None,
                            config_name: str = "config") -> ExtractConfig:
-    """An extraction's config from its sources, key by key (avsed.config.resolve)."""
+    """An extraction's config from its sources, key by key (avsed.core.config.resolve)."""
     return resolve(ExtractConfig, config, config_file, sets, config_name)

@@ -31,10 +31,10 @@ from pathlib import Path
 import ffmpeg
 import numpy as np
 
-from pipeline.errors import ClipError
+from avsed.core.errors import ClipError
 from pipeline.ffmpeg_bin import ffmpeg_exe
-from pipeline.labels import ClipTiming
-from pipeline.manifest import parse_clip_name
+from avsed.core.labels import ClipTiming
+from avsed.core.manifest import parse_clip_name
 
 _DURATION = re.compile(rb"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
 

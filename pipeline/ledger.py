@@ -39,10 +39,10 @@ from urllib.parse import quote
 
 import numpy as np
 
-from pipeline.errors import AvsedError
+from avsed.core.errors import AvsedError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.store import FeatureStore
+    from avsed.core.store import FeatureStore
 
 VIDEO_STATUSES = ("available", "missing", "failed")
 PERMANENT_REASONS = ("removed", "private", "terminated", "copyright", "geo", "age", "not_found", "corrupt",

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.ledger import Ledger, LedgerCorruptError
-from pipeline.store import FeatureStore
+from avsed.core.store import FeatureStore
 
 
 def store_status(store_path: str | Path) -> dict[str, Any]:

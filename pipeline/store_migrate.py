@@ -16,10 +16,10 @@ import numpy as np
 import zarr
 from tqdm.auto import tqdm
 
-from pipeline.labels import ClipTiming, Event
-from pipeline.manifest import Clip, parse_clip_name
-from pipeline.stats import update_feature_stats
-from pipeline.store import DEFAULT_CLIPS_PER_SHARD, FeatureStore, StoreError, StoreLock, lock_path
+from avsed.core.labels import ClipTiming, Event
+from avsed.core.manifest import Clip, parse_clip_name
+from avsed.core.stats import update_feature_stats
+from avsed.core.store import DEFAULT_CLIPS_PER_SHARD, FeatureStore, StoreError, StoreLock, lock_path
 
 OLD_SUFFIX = ".format1"
 

@@ -34,11 +34,11 @@ from features.image_batching import TorchImageExtractor
 from pipeline.decode_pool import DecodedFrames, DecodePool, default_decode_workers
 from pipeline.download import DownloadResult, clip_start_in, find_video
 from pipeline.download_reasons import decode_outcome
-from pipeline.errors import AvsedError
+from avsed.core.errors import AvsedError
 from pipeline.frames import VideoError
-from pipeline.labels import ClipTiming
+from avsed.core.labels import ClipTiming
 from pipeline.ledger import Ledger
-from pipeline.manifest import YouTubeSegment
+from avsed.core.manifest import YouTubeSegment
 from pipeline.writer import ShardWriter, Ticket
 
 Observer = Callable[[str, dict[str, Any]], None]  # (event, details): progress, artifacts, tests

@@ -24,7 +24,7 @@ import numpy as np
 
 
 class RowSink(Protocol):
-    """What the writer needs from a store (`pipeline.store.FeatureStore` is one)."""
+    """What the writer needs from a store (`avsed.core.store.FeatureStore` is one)."""
 
     def shard_of(self, row: int) -> int: ...
 

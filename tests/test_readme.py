@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from avsed.cli import build_parser
-from avsed.config import validated
+from avsed.core.config import validated
 from pipeline.extract_config import ExtractConfig
 from training.config import TrainConfig
 

@@ -17,9 +17,9 @@ from typing import Any, Sequence
 
 import torch
 
-from pipeline.errors import AvsedError
+from avsed.core.errors import AvsedError
+from training.run_dirs import CHECKPOINT
 
-CHECKPOINT = "checkpoint.pt"
 PENDING = "checkpoint.next.pt"
 FORMAT = 2
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from avsed.config import ConfigError, did_you_mean, merge, read_yaml_mapping, resolve, validated
+from avsed.core.config import ConfigError, did_you_mean, merge, read_yaml_mapping, resolve, validated
 
 ARCHITECTURES = ("transformer", "conformer")  # training.models' registry (not imported here: it needs torch)
 DTYPES = ("float32", "float64", "float16", "bfloat16")
@@ -303,5 +303,5 @@ def resolve_train_config(config: TrainConfig | dict[str, Any] | None = None, con
                          sets: dict[str, Any] | None = None,
                          config_name: str = "config") -> TrainConfig:
     """A training run's config from its sources (the file or the paper's defaults), key by key
-    (avsed.config.resolve)."""
+    (avsed.core.config.resolve)."""
     return resolve(TrainConfig, config, config_file, sets, config_name)

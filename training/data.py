@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pipeline.errors import AvsedError
-from pipeline.labels import LabelEncoder
-from pipeline.store import FeatureStore
+from avsed.core.errors import AvsedError
+from avsed.core.labels import LabelEncoder
+from avsed.core.store import FeatureStore
 from training.config import AUDIO_STREAM
 
 STRONG, WEAK, UNLABELLED = 0, 1, 2
@@ -84,7 +84,7 @@ def store_identity(clip_ids: Sequence[str], partitions: np.ndarray, kind: np.nda
                    stats: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
     """What a run trains on, small enough for every checkpoint: the clip set (count per partition and a digest of
     the ids), per visual stream the clips with video (count and digest), a digest of the targets and supervision
-    kinds, and of the standardisation statistics. Feature rows are never rewritten (pipeline/store.py), so with
+    kinds, and of the standardisation statistics. Feature rows are never rewritten (avsed/core/store.py), so with
     the features' provenance this pins the training tensors without hashing the features themselves."""
     names, counts = np.unique(np.asarray(partitions, dtype=str), return_counts=True)
     return {"clips": len(clip_ids), "partitions": {str(p): int(c) for p, c in zip(names, counts)},

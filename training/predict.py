@@ -16,8 +16,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from pipeline.labels import ClipTiming, Event
-from pipeline.store import FeatureStore
+from avsed.core.labels import ClipTiming, Event
+from avsed.core.store import FeatureStore
 from training.checkpoint import RunMismatch, read_checkpoint
 from training.config import AUDIO_STREAM, TrainConfig
 from training.data import load_clips

@@ -29,7 +29,7 @@ from typing import Any, Iterator, Mapping, Protocol, Sequence
 import torch
 from tqdm import tqdm
 
-from pipeline.store import FeatureStore
+from avsed.core.store import FeatureStore
 from training.checkpoint import (CHECKPOINT, FORMAT, RunMismatch, StoreChanged, load_checkpoints, read_checkpoint,
                                  save_checkpoints)
 from training.attention import MultiHeadAttention

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from avsed import cli
-from pipeline.errors import AvsedError
-from pipeline.store import FeatureStore
+from avsed.core.errors import AvsedError
+from avsed.core.store import FeatureStore
 from tests.training.conftest import synthetic_store  # noqa: F401 - the session fixture, shared
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -180,7 +180,7 @@ def test_a_store_locked_by_another_run_is_one_line(tmp_path, capsys):
     assert cli.main(["synth", str(data), "--clips", "5", "--missing-fraction", "0"]) == 0
     store = tmp_path / "features.zarr"
     holder = subprocess.Popen([sys.executable, "-c",
-                               "import sys, time\nfrom pipeline.store import StoreLock\n"
+                               "import sys, time\nfrom avsed.core.store import StoreLock\n"
                                "with StoreLock(sys.argv[1], purpose='another extraction'):\n"
                                "    print('held', flush=True)\n    time.sleep(600)\n", str(store)],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True)

@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 from pipeline.ledger import Ledger
-from pipeline.store import FeatureStore
+from avsed.core.store import FeatureStore
 
 
 def test_quick_demo_produces_every_stage_output(tmp_path):

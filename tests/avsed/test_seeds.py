@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from avsed.cli import build_parser
-from training.cli import parse_seeds
+from training.run_dirs import parse_seeds
 
 
 def _seeds(argv: list[str]) -> list[int]:

@@ -20,8 +20,8 @@ import torch
 
 from avsed.cli import main
 from detection.detect import detect_recording
-from detection.run import load_detector
-from pipeline.labels import Event
+from detection.detector import load_detector
+from avsed.core.labels import Event
 from tests.detection.toy import moving_frames
 from avsed.demo import eval_plans, render_pieces
 from tests.detection.trained import write_recording
@@ -187,7 +187,7 @@ def test_a_run_never_evaluated_and_unavailable_visual_weights(trained, recording
 
 
 def test_youtube_ids_through_the_download_session(trained, recordings, tmp_path, capsys):
-    from pipeline.serve import VideoServer
+    from avsed.synthetic.video_host import VideoServer
 
     _, files, _, _ = recordings
     served = tmp_path / "served"

@@ -7,7 +7,7 @@ import pytest
 
 from detection.windows import cut_windows, overlap_average, window_grid
 from evaluation.postprocess import postprocess
-from pipeline.labels import ClipTiming, LabelEncoder
+from avsed.core.labels import ClipTiming, LabelEncoder
 
 TIMING = ClipTiming()
 

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from detection.run import Detector
+from detection.detector import Detector
 from features.logmel import LogMel
 from features.openl3 import OpenL3, OpenL3Config
-from pipeline.classes import DESED_CLASSES
-from pipeline.labels import ClipTiming
+from avsed.core.classes import DESED_CLASSES
+from avsed.core.labels import ClipTiming
 from tests.training.conftest import small_config
 from training.models import build_model
 

@@ -17,7 +17,7 @@ import imageio_ffmpeg
 import numpy as np
 import soundfile as sf
 
-from pipeline.synth import SynthConfig, make_synthetic_dataset
+from avsed.synthetic.dataset import SynthConfig, make_synthetic_dataset
 from tests.pipeline.extracted_store import small_extract_config
 
 SYNTH = SynthConfig(clips=72, seed=11, missing_fraction=0.2, black_fraction=0.0, partition_fractions=(0.2, 0.25, 0.1, 0.2, 0.25),
@@ -39,7 +39,7 @@ def build_trained_run(root: Path, steps: int = STEPS, synth: SynthConfig = SYNTH
     from avsed.demo import DemoConfig, demo_train_config
     from evaluation.run import PAPER_AUDIO_WEIGHTS, evaluate_checkpoint
     from pipeline.extract import run_extraction
-    from pipeline.serve import VideoServer
+    from avsed.synthetic.video_host import VideoServer
     from training.config import TrainConfig
     from training.train import train
 

@@ -13,9 +13,9 @@ from evaluation.event_f1 import event_counts, event_reference
 from evaluation.postprocess import postprocess
 from evaluation.psds import OPERATING_POINTS, PSDS1, PSDS2, psds_scores, psds_threshold_independent
 from evaluation.segment_f1 import segment_counts, segment_reference
-from evaluation.synthetic import synthetic_predictions
-from pipeline.labels import Event
-from tests.evaluation.field_libraries import (class_counts, psds_eval_values, sed_eval_f1,
+from avsed.synthetic.frame_probs import synthetic_predictions
+from avsed.core.labels import Event
+from avsed.synthetic.field_libraries import (class_counts, psds_eval_values, sed_eval_f1,
                                               sed_eval_segment_duration_bounded)
 
 
@@ -127,7 +127,7 @@ def test_psds_equals_sed_scores_eval_on_scores_rounded_to_the_grid(preds):
 
 def test_helper_lists_are_desed_task_table_lookups(preds):
     """sed_eval_f1 builds the per-file lists directly; DESED_task's table route gives the same counts."""
-    from tests.evaluation.field_libraries import desed_task_sed_eval, detections_frame, ground_truth_frame
+    from avsed.synthetic.field_libraries import desed_task_sed_eval, detections_frame, ground_truth_frame
 
     binary = postprocess(preds.masked_frame_probs(), np.full(10, 0.4), np.full(10, 5))
     seg, ev = sed_eval_f1(preds, binary)

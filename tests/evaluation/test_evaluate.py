@@ -10,7 +10,7 @@ from evaluation.evaluate import METRICS, EvaluationResult, availability_sets, ev
 from evaluation.plots import plot_example_clip, plot_per_class, plot_psd_roc
 from evaluation.predictions import Predictions
 from evaluation.report import group_by_model, metrics_table, split_table, to_markdown, write_report
-from evaluation.synthetic import synthetic_predictions
+from avsed.synthetic.frame_probs import synthetic_predictions
 
 
 @pytest.fixture(scope="module")

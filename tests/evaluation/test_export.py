@@ -11,8 +11,8 @@ from sed_scores_eval.intersection_based import psds as sse_psds
 from evaluation.evaluate import EvaluationConfig, evaluate
 from evaluation.export import audio_id, export_predictions
 from evaluation.psds import PSDS1, PSDS2, psds_scores
-from evaluation.synthetic import synthetic_predictions
-from tests.evaluation.field_libraries import desed_task_sed_eval
+from avsed.synthetic.frame_probs import synthetic_predictions
+from avsed.synthetic.field_libraries import desed_task_sed_eval
 
 
 @pytest.fixture(scope="module")

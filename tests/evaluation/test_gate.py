@@ -9,8 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from evaluation.gate import ClipWeights, kind_summary, video_kinds
-from pipeline.synth import SynthConfig, VideoTruthError, make_synthetic_dataset, read_video_truth
+from evaluation.gate_weights import ClipWeights, kind_summary, video_kinds
+from avsed.synthetic.dataset import SynthConfig, make_synthetic_dataset
+from evaluation.gate_weights import VideoTruthError, read_video_truth
 
 
 def _rows(path) -> list[dict]:
@@ -75,8 +76,8 @@ def gated_runs(tmp_path_factory):
     from tests.training.conftest import small_config, small_model
     from training.checkpoint import CHECKPOINT
     from training.config import GateConfig
-    from training.synthetic_store import SyntheticStoreSpec, build_synthetic_store
-    from pipeline.store import FeatureStore
+    from avsed.synthetic.stores import SyntheticStoreSpec, build_synthetic_store
+    from avsed.core.store import FeatureStore
     from training.train import train
 
     torch.set_num_threads(1)
@@ -109,7 +110,7 @@ def test_evaluate_writes_each_clips_learned_weights_and_their_summary(gated_runs
     import torch
 
     from evaluation.run import PAPER_AUDIO_WEIGHTS, evaluate_checkpoint
-    from pipeline.store import FeatureStore
+    from avsed.core.store import FeatureStore
     from training.config import TrainConfig
     from training.data import load_clips
     from training.fusion import resolve_weights

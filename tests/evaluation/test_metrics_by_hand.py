@@ -11,9 +11,9 @@ from evaluation.event_f1 import event_counts, event_reference
 from evaluation.predictions import OverlappingEventsWarning, Predictions
 from evaluation.psds import OPERATING_POINTS, PSDS1, psds_scores
 from evaluation.segment_f1 import segment_counts, segment_reference
-from pipeline.classes import DESED_CLASSES
-from pipeline.labels import ClipTiming, Event
-from tests.evaluation.field_libraries import psds_eval_values
+from avsed.core.classes import DESED_CLASSES
+from avsed.core.labels import ClipTiming, Event
+from avsed.synthetic.field_libraries import psds_eval_values
 
 T = ClipTiming()
 DOG, CAT = DESED_CLASSES.index("Dog"), DESED_CLASSES.index("Cat")

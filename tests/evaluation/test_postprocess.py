@@ -2,7 +2,7 @@ import numpy as np
 import scipy.ndimage
 
 from evaluation.postprocess import binarize, decode_events, frame_runs, median_filter_binary, postprocess
-from pipeline.labels import LabelEncoder
+from avsed.core.labels import LabelEncoder
 
 
 def test_median_filter_matches_scipy_for_every_size():

@@ -10,7 +10,7 @@ from avsed.cli import main
 from evaluation.evaluate import METRICS, EvaluationResult, SetResult, Tuning, evaluate
 from evaluation.report import (ReportError, audio_only_baselines, group_by_model, load_results, split_differences,
                                split_table, write_report)
-from evaluation.synthetic import synthetic_predictions
+from avsed.synthetic.frame_probs import synthetic_predictions
 from evaluation.tuning import TunedPostprocessing
 
 SETS = ("all", "with_video", "without_video", "with_video_audio_only")

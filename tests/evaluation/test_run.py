@@ -9,7 +9,7 @@ import pytest
 from evaluation.evaluate import tune
 from evaluation.predictions import Predictions
 from evaluation.run import PAPER_AUDIO_WEIGHTS, select_audio_weight
-from evaluation.synthetic import synthetic_predictions
+from avsed.synthetic.frame_probs import synthetic_predictions
 
 
 def _blur_time(p: Predictions, width: int) -> Predictions:
@@ -48,7 +48,7 @@ def _run(tmp_path_factory):
     import torch
 
     from tests.training.conftest import small_config
-    from training.synthetic_store import SyntheticStoreSpec, build_synthetic_store
+    from avsed.synthetic.stores import SyntheticStoreSpec, build_synthetic_store
     from training.train import train
 
     torch.set_num_threads(1)

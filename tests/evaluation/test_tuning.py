@@ -7,9 +7,9 @@ from evaluation.clip_f1 import clip_counts
 from evaluation.counts import f1_from_counts
 from evaluation.evaluate import tune
 from evaluation.postprocess import postprocess
-from evaluation.synthetic import synthetic_predictions
+from avsed.synthetic.frame_probs import synthetic_predictions
 from evaluation.tuning import FILTER_SIZES, THRESHOLDS
-from tests.evaluation.field_libraries import class_counts, sed_eval_f1
+from avsed.synthetic.field_libraries import class_counts, sed_eval_f1
 
 
 def _micro(counts):

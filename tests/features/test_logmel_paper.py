@@ -5,7 +5,7 @@ import torch
 import torchaudio
 
 from features.base import build_extractor
-from pipeline.labels import ClipTiming
+from avsed.core.labels import ClipTiming
 
 
 def test_logmel_matches_numpy_reference():

@@ -9,8 +9,8 @@ import pytest
 
 from pipeline.download import DownloadConfig
 from pipeline.extract import ExtractConfig, run_extraction
-from pipeline.serve import VideoServer
-from pipeline.synth import SynthConfig, make_synthetic_dataset
+from avsed.synthetic.video_host import VideoServer
+from avsed.synthetic.dataset import SynthConfig, make_synthetic_dataset
 
 E2E_FEATURES = ("logmel", "openl3", "vgg16", "tce")
 # The synthetic videos are 64 px: frames and network inputs at 64 px keep CI fast (recorded in provenance).

@@ -1,7 +1,7 @@
 """Fault injection for store tests: run an extraction in a child process that dies (os._exit, as SIGKILL would
 leave it) right after its k-th write to the store, or whose every store write is slowed down.
 
-Every write the store makes goes through four seams of `pipeline.store` (`_zarr_store`, `_write_json_atomic`,
+Every write the store makes goes through four seams of `avsed.core.store` (`_zarr_store`, `_write_json_atomic`,
 `_remove_file`, `_rename`); the child wraps them. The children fork from a forkserver that has imported the
 extraction once, so each costs milliseconds instead of an interpreter start with torch.
 """
@@ -56,7 +56,7 @@ class _Writes:
 
 def install(kill_after: int | None = None, delay: float = 0.0, count_file: str | None = None) -> _Writes:
     """Wrap the store's write seams in this process."""
-    from pipeline import store as store_module
+    from avsed.core import store as store_module
 
     writes = _Writes(kill_after, delay, count_file)
 
@@ -97,7 +97,7 @@ def _child(config_dict: dict, kill_after: int | None, delay: float, count_file: 
     import torch
 
     torch.set_num_threads(1)
-    from pipeline.errors import AvsedError
+    from avsed.core.errors import AvsedError
     from pipeline.extract import ExtractConfig, run_extraction
 
     install(kill_after, delay, count_file)

@@ -11,8 +11,8 @@ import numpy as np
 import yaml
 from distributed import LocalCluster
 
-from pipeline.serve import VideoServer
-from pipeline.store import FeatureStore
+from avsed.synthetic.video_host import VideoServer
+from avsed.core.store import FeatureStore
 from tests.flows.conftest import copy_set, extract_config
 
 

@@ -2,7 +2,7 @@
 line (exit 2, no traceback); what was written stays consistent, the partial files such a run leaves are cleaned up
 by the next run, and a rerun on a healthy disk gives the store an uninterrupted run gives.
 
-The faults are injected at the storage seams (`pipeline.store._zarr_store`, `pipeline.ledger.Ledger.record_many`),
+The faults are injected at the storage seams (`avsed.core.store._zarr_store`, `pipeline.ledger.Ledger.record_many`),
 as a full or read-only disk answers there: OSError(ENOSPC / EROFS), sqlite's "database or disk is full".
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from avsed.cli import main
-from pipeline import store as store_module
+from avsed.core import store as store_module
 from pipeline.ledger import Ledger
 from tests.flows.faults import assert_same_store, store_contents, write_tiny_desed
 

@@ -15,9 +15,9 @@ import pytest
 from pipeline.download import DownloadConfig
 from pipeline.extract import run_extraction
 from pipeline.ledger import Ledger
-from pipeline.serve import VideoServer
+from avsed.synthetic.video_host import VideoServer
 from pipeline.status import store_status
-from pipeline.store import FeatureStore
+from avsed.core.store import FeatureStore
 from tests.flows.conftest import copy_set, extract_config
 
 
@@ -211,7 +211,7 @@ def test_streamed_store_equals_a_clip_by_clip_reference(reference_run, tmp_path)
     from pipeline.download import clip_start_in, find_video
     from pipeline.extract import extractor_settings
     from pipeline.frames import decode_frames
-    from pipeline.manifest import parse_clip_name
+    from avsed.core.manifest import parse_clip_name
 
     ref_data, ref_cfg, _ = reference_run
     data = copy_set(ref_data, tmp_path / "data")

@@ -19,10 +19,10 @@ import pytest
 
 from pipeline.extract import run_extraction
 from pipeline.ledger import Ledger
-from pipeline.serve import VideoServer
-from pipeline.store import FeatureStore
-from pipeline.synth import SynthConfig, make_synthetic_dataset
-from pipeline.synth_failures import ALL_FAILURE_CASES, REMOVED_LIST, REMOVED_STATUS
+from avsed.synthetic.video_host import VideoServer
+from avsed.core.store import FeatureStore
+from avsed.synthetic.dataset import SynthConfig, make_synthetic_dataset
+from avsed.synthetic.failures import ALL_FAILURE_CASES, REMOVED_LIST, REMOVED_STATUS
 from tests.pipeline.extracted_store import small_extract_config
 
 # Five ordinary clips (one per partition) beside the failure cases keep three runs short.

@@ -21,48 +21,14 @@ import numpy as np
 import pytest
 import yaml
 
-from pipeline.store import FeatureStore
-from pipeline.serve import VideoServer
+from avsed.core.store import FeatureStore
+from avsed.synthetic.video_host import VideoServer
+from avsed.synthetic.processes import BIN, free_port, stop_group, wait_for  # noqa: F401 (test_paper_pool)
 from tests.flows.conftest import copy_set, extract_config
-
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"{what}: process exited with {proc.returncode}")
-        try:
-            if predicate():
-                return
-        except Exception:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 ROOT = Path(__file__).resolve().parents[2]
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-
-
-def stop_group(process: subprocess.Popen, grace: float = 60) -> None:
-    """SIGTERM a process group started with start_new_session; SIGKILL what is left after `grace` seconds (a
-    Prefect worker shutting down on a loaded machine took longer than a minute once)."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
-    except ProcessLookupError:
-        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from pipeline.serve import VideoServer
+from avsed.synthetic.video_host import VideoServer
 from tests.flows.conftest import copy_set
 from tests.training.conftest import synthetic_store  # noqa: F401 - the session fixture, shared
 from training.checkpoint import CHECKPOINT

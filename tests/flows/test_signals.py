@@ -22,9 +22,9 @@ import pytest
 
 from pipeline.extract import run_extraction
 from pipeline.ledger import Ledger
-from pipeline.serve import ANSWERS_FILE, ANSWERS_STATE_FILE, VideoServer, VideoServerProcess
-from pipeline.store import FeatureStore
-from pipeline.synth import SynthConfig, make_synthetic_dataset
+from avsed.synthetic.video_host import ANSWERS_FILE, ANSWERS_STATE_FILE, VideoServer, VideoServerProcess
+from avsed.core.store import FeatureStore
+from avsed.synthetic.dataset import SynthConfig, make_synthetic_dataset
 from tests.pipeline.extracted_store import small_extract_config
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.extract import ExtractConfig, run_extraction
 from pipeline.ledger import Ledger
-from pipeline.store import FeatureStore
+from avsed.core.store import FeatureStore
 from tests.flows.faults import (KILLED, assert_same_store, fresh_copy, run_child, store_contents,
                                 write_tiny_desed)
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from pipeline.download import DownloadConfig
 from pipeline.extract import ExtractConfig, run_extraction
-from pipeline.serve import VideoServer
-from pipeline.synth import SynthConfig, make_synthetic_dataset
+from avsed.synthetic.video_host import VideoServer
+from avsed.synthetic.dataset import SynthConfig, make_synthetic_dataset
 
 
 def small_extract_config(data: Path, store: Path, url_template: str, **overrides) -> ExtractConfig:

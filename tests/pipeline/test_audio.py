@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from pipeline.audio import AudioError, load_clip_audio
-from pipeline.labels import ClipTiming
+from avsed.core.labels import ClipTiming
 
 
 def test_resampled_normalised_and_padded(tmp_path):

@@ -17,9 +17,9 @@ from yt_dlp.utils import DownloadError, ExtractorError, GeoRestrictedError, Unsu
 from pipeline.download import DownloadConfig, classify_download_error, download_clip, download_clips
 from pipeline.ffmpeg_bin import ensure_ffmpeg_on_path
 from pipeline.frames import VideoError, decode_frames
-from pipeline.labels import ClipTiming
-from pipeline.manifest import parse_clip_name
-from pipeline.serve import VideoServer
+from avsed.core.labels import ClipTiming
+from avsed.core.manifest import parse_clip_name
+from avsed.synthetic.video_host import VideoServer
 from tests.pipeline import videos
 
 TIMING = ClipTiming()

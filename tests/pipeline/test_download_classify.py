@@ -2,7 +2,7 @@
 
 Two ways in, both with the real yt-dlp:
 - end to end: the loopback host scripts YouTube's player answers (`playability`, `bot_check`, HTTP codes) and
-  `pipeline.loopback_youtube` turns them into errors with the YouTube extractor's own code, so the message
+  `avsed.synthetic.loopback_youtube` turns them into errors with the YouTube extractor's own code, so the message
   classified is the one yt-dlp raises for YouTube; format selection fails inside yt-dlp's YoutubeDL itself;
 - as raised: YouTube's playability texts (quoted from yt-dlp's source, its tests, or its issue tracker, each
   with its origin) wrapped as yt-dlp wraps them (ExtractorError inside DownloadError).
@@ -21,8 +21,9 @@ from yt_dlp.utils import DownloadError, ExtractorError
 
 from pipeline.download import DownloadConfig, download_clip, probe_clip
 from pipeline.download_reasons import classify_download_error, classify_message
-from pipeline.manifest import parse_clip_name
-from pipeline.serve import VideoServer
+from avsed.core.manifest import parse_clip_name
+from avsed.synthetic.video_host import VideoServer
+from avsed.synthetic.loopback_youtube import LOOPBACK_EXTRACTOR
 from tests.pipeline import videos
 
 VID = "ClassifyVid"
@@ -87,7 +88,8 @@ def host(tmp_path_factory):
 
 
 def _config(template: str, **kw) -> DownloadConfig:
-    return DownloadConfig(url_template=template, retries=0, fragment_retries=0, socket_timeout=10.0, **kw)
+    return DownloadConfig(url_template=template, retries=0, fragment_retries=0, socket_timeout=10.0,
+                          extractors=(LOOPBACK_EXTRACTOR,), **kw)
 
 
 @pytest.mark.parametrize("youtube_id,status,reason,words", [

@@ -16,9 +16,10 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from pipeline.download import DownloadConfig, DownloadSession, download_clip, probe_clip
-from pipeline.errors import AvsedError
-from pipeline.manifest import parse_clip_name
-from pipeline.serve import VideoServer
+from avsed.core.errors import AvsedError
+from avsed.core.manifest import parse_clip_name
+from avsed.synthetic.video_host import VideoServer
+from avsed.synthetic.loopback_youtube import LOOPBACK_EXTRACTOR
 from tests.pipeline import videos
 
 VID = "OptionsVid0"
@@ -40,7 +41,7 @@ def server(tmp_path_factory):
 
 def _config(template: str, **kw) -> DownloadConfig:
     return DownloadConfig(url_template=template, retries=0, fragment_retries=0, socket_timeout=20.0, concurrency=1,
-                          **kw)
+                          extractors=(LOOPBACK_EXTRACTOR,), **kw)
 
 
 def _new_requests(server, since: int) -> list[dict]:

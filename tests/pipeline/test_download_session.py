@@ -1,8 +1,8 @@
 """One run's downloads (`DownloadSession`) against the loopback host, with the real yt-dlp, its HTTP stack and ffmpeg.
 
-What stands in for YouTube: the loopback server (`pipeline.serve`) with scripted answers (answers.json: 429, 503,
+What stands in for YouTube: the loopback server (`avsed.synthetic.video_host`) with scripted answers (answers.json: 429, 503,
 delays, a host that sends part of a file and stalls), counting every request it receives; for the bot check, its
-YouTube-shaped player response, read by `pipeline.loopback_youtube`, which raises yt-dlp's own ExtractorError with
+YouTube-shaped player response, read by `avsed.synthetic.loopback_youtube`, which raises yt-dlp's own ExtractorError with
 YouTube's message through the YouTube extractor's code. Checked here: one global cap on downloads in flight (counted
 by the server, also with 500 clips submitted at once), the circuit breaker (after N refusals no request reaches the
 server, the rest come back `not_attempted`), per-clip deadlines and ffmpeg's read timeout against a stalling host,
@@ -20,8 +20,9 @@ from concurrent.futures import wait
 import pytest
 
 from pipeline.download import DownloadConfig, DownloadSession, download_clips
-from pipeline.manifest import parse_clip_name
-from pipeline.serve import VideoServer, VideoServerProcess
+from avsed.core.manifest import parse_clip_name
+from avsed.synthetic.video_host import VideoServer, VideoServerProcess
+from avsed.synthetic.loopback_youtube import LOOPBACK_EXTRACTOR
 from tests.pipeline import videos
 
 GOOD = ("GoodGood000", "GoodGood001", "GoodGood002")
@@ -57,7 +58,8 @@ def served(tmp_path, video_file):
 
 
 def _config(template: str, **kw) -> DownloadConfig:
-    base = dict(url_template=template, retries=0, fragment_retries=0, socket_timeout=20.0, concurrency=1)
+    base = dict(url_template=template, retries=0, fragment_retries=0, socket_timeout=20.0, concurrency=1,
+                extractors=(LOOPBACK_EXTRACTOR,))
     base.update(kw)
     return DownloadConfig(**base)
 

@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 
 from pipeline.audio import AudioError, load_clip_audio
-from pipeline.errors import ClipError
+from avsed.core.errors import ClipError
 from pipeline.frames import VideoError
 
 

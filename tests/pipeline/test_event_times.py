@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.extract import ExtractConfig, plan_extraction
-from pipeline.labels import Event
+from avsed.core.labels import Event
 from pipeline.ledger import Ledger
-from pipeline.manifest import read_manifest
-from pipeline.store import FeatureStore
+from avsed.core.manifest import read_manifest
+from avsed.core.store import FeatureStore
 
 A = "Yaaaaaaaaaaa_0.000_10.000.wav"
 B = "Ybbbbbbbbbbb_30.000_40.000.wav"

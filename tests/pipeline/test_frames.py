@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pipeline.frames import VideoError, decode_frames, parse_duration
-from pipeline.labels import ClipTiming
+from avsed.core.labels import ClipTiming
 from tests.pipeline import videos
 
 TIMING = ClipTiming()
@@ -122,8 +122,8 @@ def test_a_whole_video_ending_before_the_clip_start_says_so(made, start):
 
 def test_a_partial_download_past_the_video_end_says_so_not_no_video_stream(made, tmp_path):
     from pipeline.download import DownloadConfig, download_clip
-    from pipeline.manifest import parse_clip_name
-    from pipeline.serve import VideoServer
+    from avsed.core.manifest import parse_clip_name
+    from avsed.synthetic.video_host import VideoServer
 
     served = tmp_path / "served"
     served.mkdir()

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from pipeline.classes import UnknownClassError
-from pipeline.labels import ClipTiming, Event, LabelEncoder
+from avsed.core.classes import UnknownClassError
+from avsed.core.labels import ClipTiming, Event, LabelEncoder
 
 
 def test_paper_numbers():

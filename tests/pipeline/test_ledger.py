@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import AvsedError
+from avsed.core.errors import AvsedError
 from pipeline.ledger import (NEVER_CHECKED, PERMANENT_REASONS, REBUILT_MESSAGE, Ledger, LedgerCorruptError, LedgerEntry,
                              LedgerError, VideoRecord)
 

@@ -19,7 +19,7 @@ from pipeline.download import NO_YOUTUBE_ID_MESSAGE
 from pipeline.ledger import (NEVER_CHECKED, REBUILT_MESSAGE, Ledger, LedgerRebuild, open_ledger_for_store,
                              rebuild_ledger, store_video_features)
 from pipeline.status import format_status, store_status
-from pipeline.store import FeatureStore
+from avsed.core.store import FeatureStore
 from tests.pipeline.extracted_store import extract_small_store
 
 REPO = Path(__file__).resolve().parents[2]

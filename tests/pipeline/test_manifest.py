@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.errors import AvsedError
-from pipeline.labels import Event
-from pipeline.manifest import (DESED_2020_PARTITIONS, ManifestError, parse_clip_name, read_manifest)
+from avsed.core.errors import AvsedError
+from avsed.core.labels import Event
+from avsed.core.manifest import (DESED_2020_PARTITIONS, ManifestError, parse_clip_name, read_manifest)
 
 
 def write(path: Path, text: str) -> None:

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from pipeline.serve import VideoServer, VideoServerProcess
+from avsed.synthetic.video_host import VideoServer, VideoServerProcess
 
 
 @pytest.fixture(params=[VideoServer, VideoServerProcess], ids=["thread", "process"])
@@ -122,7 +122,7 @@ def test_process_server_stops_itself_when_its_parent_is_killed(tmp_path):
     import time
 
     # a parent that starts the server, prints its port and then is killed with SIGKILL (no clean-up runs)
-    code = ("import sys, time; from pipeline.serve import VideoServerProcess; "
+    code = ("import sys, time; from avsed.synthetic.video_host import VideoServerProcess; "
             "s = VideoServerProcess(sys.argv[1]).start(); print(s.port, s._proc.pid, flush=True); time.sleep(600)")
     parent = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     port, child = (int(x) for x in parent.stdout.readline().split())

@@ -13,11 +13,11 @@ import pytest
 import xarray as xr
 import zarr
 
-from pipeline.labels import Event
-from pipeline.manifest import Clip
-from pipeline.stats import update_feature_stats
-from pipeline import store as store_module
-from pipeline.store import (FeatureStore, ProvenanceMismatch, StoreBusyError, StoreError, StoreFormatError, StoreLock,
+from avsed.core.labels import Event
+from avsed.core.manifest import Clip
+from avsed.core.stats import update_feature_stats
+from avsed.core import store as store_module
+from avsed.core.store import (FeatureStore, ProvenanceMismatch, StoreBusyError, StoreError, StoreFormatError, StoreLock,
                             StoreLockedError, journal_path)
 
 
@@ -220,7 +220,7 @@ def test_structural_changes_need_the_writer_lock(tmp_path):
 
 
 def _hold_lock_in_subprocess(store: Path):
-    code = ("import sys, time; from pipeline.store import StoreLock\n"
+    code = ("import sys, time; from avsed.core.store import StoreLock\n"
             f"StoreLock({str(store)!r}, purpose='extract').acquire(); print('locked', flush=True); time.sleep(120)")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                             cwd=Path(__file__).resolve().parents[2])

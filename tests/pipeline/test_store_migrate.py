@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.classes import DESED_CLASSES
-from pipeline.labels import ClipTiming, Event
-from pipeline.store import FeatureStore, StoreError, StoreFormatError
+from avsed.core.classes import DESED_CLASSES
+from avsed.core.labels import ClipTiming, Event
+from avsed.core.store import FeatureStore, StoreError, StoreFormatError
 from pipeline.store_migrate import migrate_store
 
 
 def write_format1(path: Path, rng: np.random.Generator) -> dict:
-    """A store exactly as format 1 laid it out (pipeline/store.py before format 2)."""
+    """A store exactly as format 1 laid it out (avsed/core/store.py before format 2)."""
     timing = ClipTiming()
     g = zarr.open_group(str(path), mode="w-", zarr_format=3)
     g.attrs.update({"format_version": 1, "classes": list(DESED_CLASSES), "timing": asdict(timing)})

@@ -18,9 +18,9 @@ import pytest
 from pipeline.download import DownloadConfig
 from pipeline.extract import ExtractConfig, plan_extraction, run_extraction
 from pipeline.ledger import Ledger
-from pipeline.serve import VideoServer, VideoServerProcess
-from pipeline.store import FeatureStore, ProvenanceMismatch
-from pipeline.synth import SynthConfig, make_synthetic_dataset
+from avsed.synthetic.video_host import VideoServer, VideoServerProcess
+from avsed.core.store import FeatureStore, ProvenanceMismatch
+from avsed.synthetic.dataset import SynthConfig, make_synthetic_dataset
 from pipeline.writer import ShardWriter, WriterError
 
 

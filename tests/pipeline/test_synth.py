@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from pipeline.classes import DESED_CLASSES
+from avsed.core.classes import DESED_CLASSES
 from pipeline.audio import AudioError, load_clip_audio
-from pipeline.manifest import DESED_2020_PARTITIONS, parse_clip_name, read_manifest
-from pipeline.serve import read_removed
-from pipeline.synth import (
+from avsed.core.manifest import DESED_2020_PARTITIONS, parse_clip_name, read_manifest
+from avsed.synthetic.video_host import read_removed
+from avsed.synthetic.dataset import (
     CLASS_BANDS, CLASS_COLOURS, SynthConfig, SynthConfigError, make_synthetic_dataset, patch_box, plan_dataset,
 )
-from pipeline.synth_failures import ALL_FAILURE_CASES, FAILURE_CASES
+from avsed.synthetic.failures import ALL_FAILURE_CASES, FAILURE_CASES
 
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 CONFIG = SynthConfig(clips=12, seed=3)

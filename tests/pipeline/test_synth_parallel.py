@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.synth import SynthConfig, make_synthetic_dataset
+from avsed.synthetic.dataset import SynthConfig, make_synthetic_dataset
 
 
 def _files(root: Path) -> dict[str, bytes]:

@@ -21,15 +21,16 @@ import pytest
 
 from pipeline.download import DownloadConfig, DownloadSession
 from pipeline.download_reasons import retry_due
-from pipeline.errors import AvsedError
+from avsed.core.errors import AvsedError
 from pipeline.extract import run_extraction
 from pipeline.ffmpeg_bin import ffmpeg_exe
 from pipeline.ledger import Ledger
-from pipeline.manifest import parse_clip_name
-from pipeline.serve import ANSWERS_FILE, ANSWERS_STATE_FILE, VideoServer
-from pipeline.store import FeatureStore
+from avsed.core.manifest import parse_clip_name
+from avsed.synthetic.video_host import ANSWERS_FILE, ANSWERS_STATE_FILE, VideoServer
+from avsed.core.store import FeatureStore
 from pipeline.streaming import SuspectRunError
-from pipeline.synth import SynthConfig, make_synthetic_dataset
+from avsed.synthetic.dataset import SynthConfig, make_synthetic_dataset
+from avsed.synthetic.loopback_youtube import LOOPBACK_EXTRACTOR
 from tests.pipeline import videos
 from tests.pipeline.extracted_store import small_extract_config
 
@@ -162,7 +163,7 @@ def test_a_web_page_served_as_the_video_file_is_not_media(tmp_path):
     name = "YPortalPage0_0.000_10.000.wav"
     with VideoServer(root) as server:
         cfg = DownloadConfig(url_template=server.watch_url_template, retries=0, fragment_retries=0,
-                             socket_timeout=2.0, partial=False)
+                             socket_timeout=2.0, partial=False, extractors=(LOOPBACK_EXTRACTOR,))
         with DownloadSession(cfg, tmp_path / "out") as session:
             result = session.submit(name, parse_clip_name(name)).result(timeout=60)
     assert (result.status, result.reason, result.path) == ("failed", "not_media", None)

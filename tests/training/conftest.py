@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from training.config import CNNConfig, ModelConfig, TrainConfig
-from training.synthetic_store import SyntheticStoreSpec, build_synthetic_store
+from avsed.synthetic.stores import SyntheticStoreSpec, build_synthetic_store
 
 torch.set_num_threads(1)
 

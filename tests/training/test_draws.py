@@ -13,7 +13,7 @@ import pytest
 import torch
 from scipy import stats
 
-from pipeline.store import FeatureStore
+from avsed.core.store import FeatureStore
 from training.data import TrainingDataError, load_clips
 from training.draws import DRAW_CHUNK, BatchSchedule, draw_chunk
 from training.step import base_interpolation_weights, prepared_batch

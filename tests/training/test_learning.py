@@ -19,9 +19,9 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.labels import LabelEncoder
+from avsed.core.labels import LabelEncoder
 from training.predict import predict
-from training.synthetic_store import SyntheticStoreSpec, build_synthetic_store
+from avsed.synthetic.stores import SyntheticStoreSpec, build_synthetic_store
 from training.train import train, train_group
 
 from .conftest import small_config

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from avsed.cli import main
-from pipeline.manifest import Clip, YouTubeSegment
-from pipeline.stats import update_feature_stats
-from pipeline.store import FeatureStore
+from avsed.core.manifest import Clip, YouTubeSegment
+from avsed.core.stats import update_feature_stats
+from avsed.core.store import FeatureStore
 from training.checkpoint import CHECKPOINT
-from training.synthetic_store import SyntheticStoreSpec, build_synthetic_store
+from avsed.synthetic.stores import SyntheticStoreSpec, build_synthetic_store
 from training.train import load_training_data, resolve_device, train
 
 from .conftest import small_config

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.manifest import Clip
-from pipeline.store import FeatureStore
+from avsed.core.manifest import Clip
+from avsed.core.store import FeatureStore
 from training import data as training_data
 from training.data import UNLABELLED, load_clips
-from training.synthetic_store import SyntheticStoreSpec, build_synthetic_store
+from avsed.synthetic.stores import SyntheticStoreSpec, build_synthetic_store
 
 PARTITIONS = ["synthetic", "weak", "unlabelled"]
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.labels import LabelEncoder
-from pipeline.store import FeatureStore
+from avsed.core.labels import LabelEncoder
+from avsed.core.store import FeatureStore
 from training.checkpoint import RunMismatch
 from training.config import TrainConfig
 from training.data import STRONG, UNLABELLED, WEAK, TrainingDataError, load_clips

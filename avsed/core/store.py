@@ -70,10 +70,10 @@ import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
-from pipeline.classes import DESED_CLASSES
-from pipeline.errors import AvsedError
-from pipeline.labels import ClipTiming, Event
-from pipeline.manifest import Clip
+from avsed.core.classes import DESED_CLASSES
+from avsed.core.errors import AvsedError
+from avsed.core.labels import ClipTiming, Event
+from avsed.core.manifest import Clip
 
 FORMAT_VERSION = 2
 DEFAULT_CLIPS_PER_SHARD = 128

@@ -17,8 +17,8 @@ from __future__ import annotations
 import dask
 import numpy as np
 
-from pipeline.manifest import TRAINING_PARTITIONS
-from pipeline.store import FeatureStore
+from avsed.core.manifest import TRAINING_PARTITIONS
+from avsed.core.store import FeatureStore
 
 
 def _shard_sums(store: FeatureStore, feature: str, rows: np.ndarray) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""yt-dlp's extractor for the loopback host's YouTube-shaped watch URLs (`pipeline.serve`, `watch_url_template`).
+"""yt-dlp's extractor for the loopback host's YouTube-shaped watch URLs (`avsed.synthetic.video_host`, `watch_url_template`).
 
 It stands in for yt-dlp's YouTube extractor where tests and synthetic sets need YouTube's own refusals (the
 bot check, the age gate, "not available on this app", ...) to travel through real yt-dlp code: like the
@@ -9,8 +9,8 @@ with yt-dlp's `raise_no_formats` / `raise_geo_restricted`, so the message a call
 gives through yt-dlp. What is not real: the host (a loopback server answering JSON), the single format and
 everything YouTube does besides the playability check (signatures, PO tokens, clients).
 
-`pipeline.download` passes loopback watch URLs to this extractor (`ie_key`); every other URL goes through
-yt-dlp's own extractors.
+A download configuration names it (`DownloadConfig(extractors=(LOOPBACK_EXTRACTOR,))`); `pipeline.download` then
+passes loopback watch URLs to it (`ie_key`), and every other URL goes through yt-dlp's own extractors.
 """
 
 from __future__ import annotations
@@ -20,12 +20,15 @@ from yt_dlp.utils import clean_html, remove_end, traverse_obj
 from yt_dlp.utils.traversal import get_first
 
 
+LOOPBACK_EXTRACTOR = f"{__name__}:LoopbackYoutubeIE"  # for DownloadConfig.extractors
+
+
 class LoopbackYoutubeIE(YoutubeBaseInfoExtractor):
     IE_NAME = "youtube:avsed-loopback"
     IE_DESC = False  # not a site: the loopback host of tests and the demo
-    _ENABLED = False  # never among yt-dlp's default extractors; pipeline.download adds it to its instances
+    _ENABLED = False  # never among yt-dlp's default extractors: named in `download.extractors` (LOOPBACK_EXTRACTOR)
     _VALID_URL = r"http://(?P<host>127\.0\.0\.1|localhost):(?P<port>\d+)/watch\?v=(?P<id>[0-9A-Za-z_-]+)"
-    PLAYER_PATH = "/youtubei/v1/player"  # pipeline.serve.PLAYER_PATH
+    PLAYER_PATH = "/youtubei/v1/player"  # avsed.synthetic.video_host.PLAYER_PATH
 
     def _real_initialize(self):
         pass  # YouTube's consent and preference cookies mean nothing to the loopback host

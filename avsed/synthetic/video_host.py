@@ -7,7 +7,7 @@ URLs (a video id is letters, digits, `_` and `-`, as YouTube's are):
   allowed) answers `removed_status` even if its file is still there (410 plays a video that was taken down; the
   ledger records it as `removed`). A file holding a web page is sent as `text/html`.
 - `GET /watch?v=<id>` (`watch_url_template`) is YouTube's shape: yt-dlp's stand-in extractor for it
-  (`pipeline.loopback_youtube`) asks `GET /youtubei/v1/player?videoId=<id>` for a player response like
+  (`avsed.synthetic.loopback_youtube`) asks `GET /youtubei/v1/player?videoId=<id>` for a player response like
   YouTube's: `playabilityStatus` `OK` with one format that points at `/<id>.mp4`, or `ERROR` "Video
   unavailable" for an absent or removed video. Use it where YouTube's own messages matter (bot check, age
   gate, ...); the extractor turns them into errors exactly as yt-dlp's YouTube extractor does.
@@ -430,7 +430,8 @@ class _Served:
 
     @property
     def watch_url_template(self) -> str:
-        """YouTube-shaped URL template (`/watch?v={youtube_id}`), read through `pipeline.loopback_youtube`."""
+        """YouTube-shaped URL template (`/watch?v={youtube_id}`), read through `avsed.synthetic.loopback_youtube`
+        (give its LOOPBACK_EXTRACTOR in `DownloadConfig.extractors`)."""
         return f"http://{self.host}:{self.port}/watch?v={{youtube_id}}"
 
     def _stats(self) -> dict:
@@ -561,7 +562,7 @@ class VideoServerProcess(_Served):
             raise FileNotFoundError(f"video directory {self.directory} does not exist")
         port = self._requested_port or _free_port(self.host)
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.serve", str(self.directory), str(port), self.host, str(self.removed_status)],
+            [sys.executable, "-m", "avsed.synthetic.video_host", str(self.directory), str(port), self.host, str(self.removed_status)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         # Ready when the child says it is serving (after its bind): a connection test could be answered by
         # another server already on that port.
@@ -609,6 +610,6 @@ def _exit_with_parent(parent: int) -> None:
     os._exit(0)
 
 
-if __name__ == "__main__":  # python -m pipeline.serve DIR PORT HOST REMOVED_STATUS, as VideoServerProcess runs it
+if __name__ == "__main__":  # python -m avsed.synthetic.video_host DIR PORT HOST REMOVED_STATUS, as VideoServerProcess runs it
     threading.Thread(target=_exit_with_parent, args=(os.getppid(),), daemon=True).start()
     serve_videos(sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]))

@@ -1,12 +1,13 @@
-"""Seed lists and seed run directories for `avsed train --seeds` and `avsed paper` (avsed/cli.py builds the
-configurations). Light to import (no torch) so that building the `avsed` parser stays fast."""
+"""Run directories and the seeds that name them: the one meaning of `--seeds` (for `avsed train` and `avsed
+paper` alike), each seed's directory, and the checkpoint's file name in it (training/checkpoint.py writes it).
+Light to import (no torch) so that building the `avsed` parser stays fast."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-CHECKPOINT = "checkpoint.pt"  # training.checkpoint.CHECKPOINT, without importing torch here
+CHECKPOINT = "checkpoint.pt"  # a run directory's checkpoint (training/checkpoint.py)
 
 
 def parse_seeds(text: str) -> list[int]:

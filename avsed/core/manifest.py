@@ -26,9 +26,9 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.classes import DESED_CLASSES, UnknownClassError, class_index
-from pipeline.errors import AvsedError
-from pipeline.labels import ClipTiming, Event
+from avsed.core.classes import DESED_CLASSES, UnknownClassError, class_index
+from avsed.core.errors import AvsedError
+from avsed.core.labels import ClipTiming, Event
 
 SUPERVISION = ("strong", "weak", "unlabelled")
 

@@ -1,8 +1,8 @@
 """Failure cases of the synthetic data set: clips that exercise every way an input can fail, with the outcome
-the extraction should record for each (`SynthConfig.failure_cases` turns them on; `pipeline.synth` places them).
+the extraction should record for each (`SynthConfig.failure_cases` turns them on; `avsed.synthetic.dataset` places them).
 
 Each case is one extra weak clip with a YouTube-style name. What makes it fail is in its files or in the
-loopback host's script (`pipeline.serve`): `answers.json` (answers consumed one per request, the last one
+loopback host's script (`avsed.synthetic.video_host`): `answers.json` (answers consumed one per request, the last one
 repeating, the consumption kept in `answers.state.json` so "fails once, works on the next run" holds across
 server restarts) and `removed.txt` (answered with the server's `removed_status`: serve with 410 to play a
 video that was taken down). `truth/failures.tsv` lists each clip's case and expected outcomes.
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.serve import REMOVED_LIST
+from avsed.synthetic.video_host import REMOVED_LIST
 
-# The loopback host's script and its consumption state, as `pipeline.serve` reads them.
+# The loopback host's script and its consumption state, as `avsed.synthetic.video_host` reads them.
 ANSWERS_FILE = "answers.json"
 ANSWERS_STATE_FILE = "answers.state.json"
 REMOVED_STATUS = 410  # serve the set with VideoServer(..., removed_status=410) for `missing/removed`

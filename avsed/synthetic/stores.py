@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.labels import Event
-from pipeline.manifest import TRAINING_PARTITIONS, Clip, YouTubeSegment
-from pipeline.stats import update_feature_stats
-from pipeline.store import FeatureStore
+from avsed.core.labels import Event
+from avsed.core.manifest import TRAINING_PARTITIONS, Clip, YouTubeSegment
+from avsed.core.stats import update_feature_stats
+from avsed.core.store import FeatureStore
 
 SUPERVISION = {"synthetic": "strong", "weak": "weak", "unlabelled": "unlabelled", "validation": "strong", "eval": "strong"}
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.classes import DESED_CLASSES, class_index
+from avsed.core.classes import DESED_CLASSES, class_index
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 
 import yaml
 
-from pipeline.errors import AvsedError
+from avsed.core.errors import AvsedError
 
 __all__ = ["ConfigError", "merge", "parse_set", "parse_sets", "read_yaml_mapping", "resolve", "validated",
            "error_message", "did_you_mean", "known_keys"]

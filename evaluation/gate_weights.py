@@ -13,13 +13,17 @@ from __future__ import annotations
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
+
+from avsed.core.errors import AvsedError
 
 # The order of the plot and the summary: videos that show the events, then videos that show nothing useful.
 VIDEO_KIND_ORDER = ("content", "video", "still", "black", "absent")
 UNINFORMATIVE = ("still", "black")
+# What a truth file may say a clip's video shows (corrupt: the synthetic set's failure cases only).
+VIDEO_KINDS = ("content", "still", "black", "absent", "corrupt")
 
 
 @dataclass
@@ -50,15 +54,39 @@ def video_kinds(clip_ids: Sequence[str], video_available: np.ndarray, truth: dic
     return np.array(out, dtype=object)
 
 
+class VideoTruthError(AvsedError, ValueError):
+    """A video truth file that cannot be read (the message names the file and what to do)."""
+
+
+def read_video_truth(path: str | Path) -> dict[str, str]:
+    """clip_id -> what its video shows (content, still, black, absent, corrupt) from a set's truth/videos.tsv.
+
+    Clips that the file does not list (audio-only soundscapes) have no video. Evaluation reads this to judge what
+    a learned gate does with black screens and still images (evaluation/gate_weights.py)."""
+    path = Path(path)
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+    except FileNotFoundError:
+        raise VideoTruthError(f"{path}: no video truth file; give a TSV of clip_id and kind (as the "
+                              f"truth/videos.tsv that `avsed synth` writes)") from None
+    if rows and not {"clip_id", "kind"} <= set(rows[0]):
+        raise VideoTruthError(f"{path}: not a video truth file (needs the columns clip_id and kind, has "
+                              f"{sorted(rows[0])}); give the truth/videos.tsv that `avsed synth` wrote")
+    bad = sorted({r["kind"] for r in rows} - set(VIDEO_KINDS))
+    if bad:
+        raise VideoTruthError(f"{path}: unknown video kinds {bad} (known: {', '.join(VIDEO_KINDS)})")
+    return {r["clip_id"]: r["kind"] for r in rows}
+
+
 def learned_weights(checkpoint: str | Path, store: str | Path, partitions: Sequence[str] = ("eval",),
-                    video_truth: str | Path | None = None, device: str = "auto", use_teacher: bool = False,
+                    video_truth: Mapping[str, str] | None = None, device: str = "auto", use_teacher: bool = False,
                     batch_size: int = 256) -> ClipWeights:
     """Run the checkpoint's encoders and gate over the partitions' clips with its default inference weights as
     the prior (what `predict` gives the model) and return the weights it interpolates with."""
     import torch
 
-    from pipeline.store import FeatureStore
-    from pipeline.synth import read_video_truth
+    from avsed.core.store import FeatureStore
     from training.config import TrainConfig
     from training.data import load_clips
     from training.fusion import resolve_weights
@@ -89,8 +117,7 @@ def learned_weights(checkpoint: str | Path, store: str | Path, partitions: Seque
         frame_weights = weights[:, :-1]
         weights = frame_weights.mean(axis=1)
     available = t.available.cpu().numpy()
-    truth = read_video_truth(video_truth) if video_truth is not None else None
-    kinds = video_kinds(data.clip_ids, available[:, 1:].any(axis=1), truth)
+    kinds = video_kinds(data.clip_ids, available[:, 1:].any(axis=1), video_truth)
     return ClipWeights(data.clip_ids, data.partitions, kinds, list(config.encoders), weights, frame_weights,
                        config.model.gate.mode)
 

@@ -1,6 +1,6 @@
 """A small synthetic data set shaped like DESED (DCASE 2020 task 4), with videos, for tests and the demo.
 
-`make_synthetic_dataset(out_dir)` writes, in the published DESED layout (see `pipeline.manifest`):
+`make_synthetic_dataset(out_dir)` writes, in the published DESED layout (see `avsed.core.manifest`):
 
     OUT/metadata/...                   the five partitions' tsv files (strong / weak / unlabelled)
     OUT/audio/<partition dirs>/*.wav   44.1 kHz 16-bit mono clips
@@ -9,7 +9,7 @@
                                        (what each clip's video shows: `read_video_truth`, for judging a learned gate)
     OUT/truth/events.tsv               every event of every clip, including unlabelled ones, and whether it is audible
     OUT/truth/failures.tsv             with `failure_cases`: each failure clip's case and expected outcomes
-    OUT/videos/answers.json, removed.txt   with `failure_cases`: the loopback host's script (pipeline.serve)
+    OUT/videos/answers.json, removed.txt   with `failure_cases`: the loopback host's script (avsed.synthetic.video_host)
 
 The task is built so that the video carries information the audio lacks, as the paper assumes: each of the
 ten classes is a distinct synthetic sound in its own frequency band, but a fraction of the events of the
@@ -20,7 +20,7 @@ audio-only, as in DESED, and all their events are audible; `strong_video_fractio
 strongly labelled training clips into recordings with video instead (as later DESED releases have).
 
 `failure_cases` adds weak clips that exercise the extraction's failure paths (corrupt video, transient host
-errors, a removed video, unreadable / missing / truncated / short audio; `pipeline.synth_failures`), drawn from
+errors, a removed video, unreadable / missing / truncated / short audio; `avsed.synthetic.failures`), drawn from
 a random stream of their own so that the other clips are exactly those of a set made without them.
 """
 
@@ -42,16 +42,16 @@ import scipy.fft
 import soundfile as sf
 from tqdm import tqdm
 
-from pipeline.classes import DESED_CLASSES
-from pipeline.errors import AvsedError
-from pipeline.labels import Event
-from pipeline.manifest import DESED_2020_PARTITIONS, PartitionSpec
-from pipeline.synth_failures import (FAILURE_CASES, REMOVED_STATUS, SHORT_HELD_SECONDS, TRUNCATED_HELD_SECONDS,
+from avsed.core.classes import DESED_CLASSES
+from avsed.core.errors import AvsedError
+from avsed.core.labels import Event
+from avsed.core.manifest import DESED_2020_PARTITIONS, PartitionSpec
+from evaluation.gate_weights import VIDEO_KINDS, VideoTruthError, read_video_truth  # noqa: F401 (the kit's truth file)
+from avsed.synthetic.failures import (FAILURE_CASES, REMOVED_STATUS, SHORT_HELD_SECONDS, TRUNCATED_HELD_SECONDS,
                                      truncate_wav, unknown_cases, write_corrupt_video, write_host_script,
                                      write_unreadable_audio)
 
 PARTITION_NAMES = tuple(p.name for p in DESED_2020_PARTITIONS)  # synthetic, weak, unlabelled, validation, eval
-VIDEO_KINDS = ("content", "still", "black", "absent", "corrupt")  # corrupt: failure cases only
 _ID_ALPHABET = string.ascii_letters + string.digits + "_-"
 
 
@@ -99,7 +99,7 @@ class SynthConfig:
     quiet_event_fraction: float = 0.3
     loud_snr_db: tuple[float, float] = (6.0, 20.0)  # event power over the background noise in the class's band
     quiet_snr_db: tuple[float, float] = (-20.0, -12.0)
-    # Extra weak clips that fail on purpose, by case name (`pipeline.synth_failures.ALL_FAILURE_CASES` for all);
+    # Extra weak clips that fail on purpose, by case name (`avsed.synthetic.failures.ALL_FAILURE_CASES` for all);
     # empty: none. Their outcomes are written to truth/failures.tsv.
     failure_cases: tuple[str, ...] = ()
 
@@ -166,7 +166,7 @@ class ClipPlan:
     video_seconds: float
     events: tuple[Event, ...]
     quiet: tuple[bool, ...]
-    failure: str | None = None  # the failure case this clip exercises (pipeline.synth_failures), if any
+    failure: str | None = None  # the failure case this clip exercises (avsed.synthetic.failures), if any
 
 
 # --- the ten sounds -------------------------------------------------------------------------------------------
@@ -656,31 +656,6 @@ def make_synthetic_dataset(out_dir: str | Path, config: SynthConfig = SynthConfi
         n_events=sum(len(p.events) for p in plans), n_quiet_events=sum(sum(p.quiet) for p in plans),
         seconds=time.perf_counter() - t0, seconds_video=video_seconds,
     )
-
-
-class VideoTruthError(AvsedError, ValueError):
-    """A video truth file that cannot be read (the message names the file and what to do)."""
-
-
-def read_video_truth(path: str | Path) -> dict[str, str]:
-    """clip_id -> what its video shows (content, still, black, absent, corrupt) from a set's truth/videos.tsv.
-
-    Clips that the file does not list (audio-only soundscapes) have no video. Evaluation reads this to judge what
-    a learned gate does with black screens and still images (evaluation/gate.py)."""
-    path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh, delimiter="\t"))
-    except FileNotFoundError:
-        raise VideoTruthError(f"{path}: no video truth file; give the truth/videos.tsv that `avsed synth` wrote "
-                              f"beside the data set's metadata") from None
-    if rows and not {"clip_id", "kind"} <= set(rows[0]):
-        raise VideoTruthError(f"{path}: not a video truth file (needs the columns clip_id and kind, has "
-                              f"{sorted(rows[0])}); give the truth/videos.tsv that `avsed synth` wrote")
-    bad = sorted({r["kind"] for r in rows} - set(VIDEO_KINDS))
-    if bad:
-        raise VideoTruthError(f"{path}: unknown video kinds {bad} (known: {', '.join(VIDEO_KINDS)})")
-    return {r["clip_id"]: r["kind"] for r in rows}
 
 
 def _write_audio(plan: ClipPlan, config: SynthConfig, wav: Path) -> None:

@@ -21,9 +21,9 @@ from evaluation.evaluate import EvaluationResult
 from evaluation.run import STANDARDISATION, read_standardisation
 from features.base import FeatureExtractor, build_extractor, extractor_class
 from features.weights import WeightsError
-from pipeline.errors import AvsedError
-from pipeline.labels import ClipTiming
-from pipeline.store import FeatureStore
+from avsed.core.errors import AvsedError
+from avsed.core.labels import ClipTiming
+from avsed.core.store import FeatureStore
 from training.config import AUDIO_STREAM, TrainConfig
 from training.models import build_model
 from training.predict import inference_weights, load_checkpoint

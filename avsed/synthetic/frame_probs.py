@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 from evaluation.predictions import Predictions
-from pipeline.classes import DESED_CLASSES
-from pipeline.labels import ClipTiming, Event, LabelEncoder
+from avsed.core.classes import DESED_CLASSES
+from avsed.core.labels import ClipTiming, Event, LabelEncoder
 
 
 def synthetic_predictions(n_clips: int, seed: int = 0, events_per_clip: float = 2.5, noise: float = 0.15,
