@@ -57,8 +57,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import threading
 import time
 import uuid
 import warnings
@@ -71,13 +69,13 @@ import zarr
 from zarr.storage import LocalStore
 
 from avsed.core.classes import DESED_CLASSES
-from avsed.core.errors import AvsedError
 from avsed.core.labels import ClipTiming, Event
 from avsed.core.manifest import Clip
+# the writer lock and the store's base error live beside it; imported from here by most callers
+from avsed.core.store_lock import LOCK_SUFFIX, StoreError, StoreLock, StoreLockedError, lock_path  # noqa: F401
 
 FORMAT_VERSION = 2
 DEFAULT_CLIPS_PER_SHARD = 128
-LOCK_SUFFIX = ".lock"
 JOURNAL_SUFFIX = ".journal.json"
 _COLUMN_CHUNK = 4096  # label columns: written only by the lock holder, so their chunks may span shards
 _EVENT_CHUNK = 1 << 16
@@ -88,16 +86,8 @@ _READ_RETRIES = 5
 T = TypeVar("T")
 
 
-class StoreError(AvsedError, RuntimeError):
-    pass
-
-
 class ProvenanceMismatch(StoreError):
     """The store already holds a feature made with another extractor version, config or weights."""
-
-
-class StoreLockedError(StoreError):
-    """Another run is writing this store."""
 
 
 class StoreBusyError(StoreError):
@@ -133,95 +123,9 @@ def _rename(src: Path, dst: Path) -> None:
     os.rename(src, dst)
 
 
-def lock_path(store_path: str | Path) -> Path:
-    p = Path(store_path)
-    return p.parent / (p.name.rstrip("/") + LOCK_SUFFIX)
-
-
 def journal_path(store_path: str | Path) -> Path:
     p = Path(store_path)
     return p.parent / (p.name.rstrip("/") + JOURNAL_SUFFIX)
-
-
-# --- the writer lock ----------------------------------------------------------------------------------------
-
-class StoreLock:
-    """One writer per store: `with StoreLock(path, purpose="extract"): ...`.
-
-    An exclusive `flock` on `<store>.lock`: the kernel releases it when the holder exits or is killed, so a
-    crashed run never leaves a stale lock on a local disk. The file also names the holder (host, pid, purpose,
-    start time) for the message a second run gets. If a holder on another machine died without the network file
-    system noticing, deleting the lock file frees the store: the next run locks a new file.
-
-    Re-entrant within a process (the extraction's tasks run in threads of the run that holds it): flock belongs
-    to one open file, so a second acquisition in the same process must share the first one's.
-    """
-
-    _held: dict[str, tuple[int, int]] = {}  # resolved lock path -> (fd, depth): mirrors the OS's per-process state
-    _guard = threading.Lock()
-
-    def __init__(self, store_path: str | Path, purpose: str = "write"):
-        self.store_path = Path(store_path)
-        self.path = lock_path(store_path)
-        self.purpose = purpose
-        self._key = str(self.path.resolve())
-
-    @classmethod
-    def held(cls, store_path: str | Path) -> bool:
-        with cls._guard:
-            return str(lock_path(store_path).resolve()) in cls._held
-
-    def holder(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.path.read_text(encoding="utf-8") or "{}")
-        except (OSError, ValueError):
-            return {}
-
-    def acquire(self) -> "StoreLock":
-        import fcntl
-
-        with self._guard:
-            if self._key in self._held:
-                fd, depth = self._held[self._key]
-                self._held[self._key] = (fd, depth + 1)
-                return self
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                os.close(fd)
-                h = self.holder()
-                who = (f"{h.get('purpose', 'a run')} (pid {h.get('pid', '?')} on {h.get('host', '?')}, since "
-                       f"{h.get('since', '?')})") if h else "another run"
-                raise StoreLockedError(
-                    f"{self.store_path}: the store is being written by {who}; wait for that run to finish (readers such "
-                    f"as training and `avsed status` need no lock). If that process is gone on another machine, "
-                    f"delete {self.path}") from None
-            info = {"host": socket.gethostname(), "pid": os.getpid(), "purpose": self.purpose,
-                    "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(info).encode(), 0)
-            self._held[self._key] = (fd, 1)
-        return self
-
-    def release(self) -> None:
-        import fcntl
-
-        with self._guard:
-            fd, depth = self._held[self._key]
-            if depth > 1:
-                self._held[self._key] = (fd, depth - 1)
-                return
-            del self._held[self._key]
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-    def __enter__(self) -> "StoreLock":
-        return self.acquire()
-
-    def __exit__(self, *exc) -> None:
-        self.release()
 
 
 # --- changes of the clip axis and labels -------------------------------------------------------------------

@@ -6,7 +6,7 @@
     OUT/audio/<partition dirs>/*.wav   44.1 kHz 16-bit mono clips
     OUT/videos/<youtube_id>.mp4        the videos that are "still on YouTube" (served by the loopback server)
     OUT/truth/videos.tsv               clip_id, youtube_id, kind (content|still|black|absent|corrupt), duration, start, end
-                                       (what each clip's video shows: `read_video_truth`, for judging a learned gate)
+                                       (what each clip's video shows: `evaluation.gate_weights.read_video_truth`, for judging a learned gate)
     OUT/truth/events.tsv               every event of every clip, including unlabelled ones, and whether it is audible
     OUT/truth/failures.tsv             with `failure_cases`: each failure clip's case and expected outcomes
     OUT/videos/answers.json, removed.txt   with `failure_cases`: the loopback host's script (avsed.synthetic.video_host)
@@ -46,7 +46,6 @@ from avsed.core.classes import DESED_CLASSES
 from avsed.core.errors import AvsedError
 from avsed.core.labels import Event
 from avsed.core.manifest import DESED_2020_PARTITIONS, PartitionSpec
-from evaluation.gate_weights import VIDEO_KINDS, VideoTruthError, read_video_truth  # noqa: F401 (the kit's truth file)
 from avsed.synthetic.failures import (FAILURE_CASES, REMOVED_STATUS, SHORT_HELD_SECONDS, TRUNCATED_HELD_SECONDS,
                                      truncate_wav, unknown_cases, write_corrupt_video, write_host_script,
                                      write_unreadable_audio)

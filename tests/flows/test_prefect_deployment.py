@@ -8,11 +8,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
-import sys
-import time
 import urllib.request
 from datetime import datetime
 from pathlib import Path
