@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from training.run_dirs import seeds_argument  # light: no torch
+
 if TYPE_CHECKING:  # pragma: no cover
     from avsed.core.errors import AvsedError
 
@@ -321,12 +323,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(out_dir=Path(args.out), quick=args.quick)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="avsed", description=__doc__.splitlines()[0])
-    p.add_argument("--debug", action="store_true", help="show the full traceback of an error (expected errors are "
-                                                        "one line: what, which file or clip, what to do)")
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _parser_synth(sub) -> None:
     s = sub.add_parser("synth", help="write a small DESED-shaped synthetic data set")
     s.add_argument("out", help="output folder (metadata/, audio/, videos/, truth/)")
     s.add_argument("--clips", type=int, default=120, help="number of clips over all partitions")
@@ -338,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
                                            "expected outcomes go to truth/failures.tsv")
     s.set_defaults(func=cmd_synth)
 
+
+def _parser_serve_videos(sub) -> None:
     s = sub.add_parser("serve-videos", help="serve DIR/<youtube_id>.mp4 on 127.0.0.1 (absent ids answer 404; "
                                             "DIR/answers.json scripts per-id answers, see avsed.synthetic.video_host)")
     s.add_argument("directory", help="folder of <youtube_id>.mp4 files")
@@ -347,6 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="HTTP status for ids listed in DIR/removed.txt (410 plays a removed video)")
     s.set_defaults(func=cmd_serve_videos)
 
+
+def _parser_extract(sub) -> None:
     s = sub.add_parser("extract", help="extract features into a store (the extract-features flow in this process)")
     s.add_argument("--metadata", help="DESED metadata folder (train/weak.tsv, validation/validation.tsv, ...)")
     s.add_argument("--audio-dir", help="DESED audio folder (train/weak/, validation/, ...)")
@@ -376,18 +377,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
     s.set_defaults(func=cmd_extract)
 
+
+def _parser_status(sub) -> None:
     s = sub.add_parser("status", help="what a store holds (reads only: no lock, works on a read-only store)")
     s.add_argument("store", help="the feature store (features.zarr)")
     s.add_argument("--json", action="store_true", help="print the status as JSON")
     s.set_defaults(func=cmd_status)
 
+
+def _parser_migrate_store(sub) -> None:
     s = sub.add_parser("migrate-store", help="rewrite a store of an earlier format (1) in the current one (2)")
     s.add_argument("store", help="the feature store; the old one is kept as <store>.format1")
     s.add_argument("--clips-per-shard", type=int, default=128, help="clips per shard file of the new store")
     s.set_defaults(func=cmd_migrate_store)
 
-    from training.run_dirs import seeds_argument
 
+def _parser_train(sub) -> None:
     s = sub.add_parser("train", help="train a model (or several seeds of it together) on a cached store")
     s.add_argument("--store", required=True, help="the feature store (features.zarr) to train on")
     s.add_argument("--config", help="YAML training config (configs/*.yaml); default: the paper's settings")
@@ -410,6 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
     s.set_defaults(func=cmd_train)
 
+
+def _parser_paper(sub) -> None:
     s = sub.add_parser("paper", help="train, evaluate and tabulate the paper's Tables 5-8 on a store")
     s.add_argument("--store", required=True, help="the feature store; models need the visual features it has")
     s.add_argument("--out", required=True, help="output folder: runs/<model>/seed<k>/ and tables.md, table<N>.csv/png")
@@ -445,6 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", metavar="KEY=VALUE", help=SET_HELP)
     s.set_defaults(func=cmd_paper)
 
+
+def _parser_evaluate(sub) -> None:
     s = sub.add_parser("evaluate", help="tune on validation, report on eval")
     s.add_argument("--checkpoint", required=True, help="run directory or checkpoint file")
     s.add_argument("--store", required=True, help="the feature store the run was trained on")
@@ -456,12 +465,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--teacher", action="store_true",
                    help="score the mean teacher instead of the student (the paper scores the student); "
                         "recorded in result.json and in the model name")
-    s.add_argument("--video-truth", help="what each clip's video shows (a synthetic set's truth/videos.tsv): a "
+    s.add_argument("--video-truth", help="what each clip's video shows (a TSV of clip_id and kind, as a synthetic set's truth/videos.tsv): a "
                                          "learned-weight model's weights are then summarised per kind (content, "
                                          "still, black, absent)")
     s.add_argument("--out", help="output folder (default <run>/evaluation)")
     s.set_defaults(func=cmd_evaluate)
 
+
+def _parser_report(sub) -> None:
     s = sub.add_parser("report", help="aggregate evaluated runs (seeds) into mean ± std tables and plots")
     s.add_argument("runs", nargs="+", help="run directories, their evaluation folders or result.json files")
     s.add_argument("--out", default="report", help="output folder (report.md, *.csv, *.png)")
@@ -469,12 +480,16 @@ def build_parser() -> argparse.ArgumentParser:
                                       "(default: the audio-only model of the same architecture)")
     s.set_defaults(func=cmd_report)
 
+
+def _parser_serve(sub) -> None:
     s = sub.add_parser("serve", help="serve the Prefect deployments extract-features/<name>, train/<name> and "
                                      "paper/<name> from this process (needs PREFECT_API_URL; see also prefect.yaml)")
     s.add_argument("--name", default="default", help="the deployments' name (default: default)")
     s.add_argument("--limit", type=int, default=None, help="flow runs at once (default: no limit)")
     s.set_defaults(func=cmd_serve)
 
+
+def _parser_detect(sub) -> None:
     s = sub.add_parser("detect", help="sound events in your own recordings (audio or video files, folders, YouTube "
                                       "URLs or ids) with a trained, evaluated run")
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="audio (wav, flac, mp3, ogg) or video (mp4, webm, mkv, "
@@ -490,10 +505,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-progress", action="store_true", help="no progress bars")
     s.set_defaults(func=cmd_detect)
 
+
+def _parser_demo(sub) -> None:
     s = sub.add_parser("demo", help="the whole mission on a synthetic data set")
     s.add_argument("--out", default="demo-out", help="output folder (default demo-out)")
     s.add_argument("--quick", action="store_true", help="tiny sizes, for tests")
     s.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="avsed", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error (expected errors are "
+                                                        "one line: what, which file or clip, what to do)")
+    sub = p.add_subparsers(dest="command", required=True)
+    # one function per command, in the order `avsed --help` lists them
+    for add in (_parser_synth, _parser_serve_videos, _parser_extract, _parser_status, _parser_migrate_store,
+                _parser_train, _parser_paper, _parser_evaluate, _parser_report, _parser_serve, _parser_detect,
+                _parser_demo):
+        add(sub)
     for subparser in sub.choices.values():  # `avsed <command> ... --debug` too
         subparser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                                help="show the full traceback of an error")
