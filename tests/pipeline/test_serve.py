@@ -272,6 +272,20 @@ def test_request_log_keeps_cookies_and_ranges_and_max_in_flight(served):
     assert server.max_in_flight == 3
 
 
+def test_a_client_that_has_the_headers_is_no_longer_counted_in_flight(served):
+    """yt-dlp reads only the headers of its first GET of a direct link, then starts the download on a new
+    connection: the server ends the first request's count before its headers go out, so a slow server thread never
+    counts both at once (a client within its cap once seemed to have 5 requests in flight of 4)."""
+    server, _ = served
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    conn.request("GET", "/abcdefghijk.mp4")
+    resp = conn.getresponse()  # the headers only: the body is left unread and the connection open
+    assert resp.status == 200 and server._stats()["in_flight"] == 0
+    assert _get(server, "/abcdefghijk.mp4")[0].status == 200
+    conn.close()
+    assert server.max_in_flight == 1
+
+
 def test_malformed_answers_are_refused_at_start_with_the_file_and_the_cause(tmp_path):
     root = tmp_path / "videos"
     root.mkdir()
