@@ -213,6 +213,7 @@ def _handler(state: _HostState) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
         server_version = "avsed-video-server"
         _in_flight = False  # this request is in the host's in-flight count
+        _hold_headers = False  # the headers wait for the first bytes of the body (see `_write`)
 
         def log_message(self, format, *args):  # noqa: A002 - quiet: tests and the demo read their own output
             pass
@@ -223,6 +224,20 @@ def _handler(state: _HostState) -> type[BaseHTTPRequestHandler]:
             if self._in_flight:
                 self._in_flight = False
                 state.end()
+
+        def flush_headers(self) -> None:
+            if not self._hold_headers:
+                super().flush_headers()
+
+        def _write(self, data: bytes) -> None:
+            """Write body bytes, preceded by the held headers. A client that needs only the headers (yt-dlp's
+            first GET of a direct link) must not get them before the server has ended the request's in-flight
+            count, or it starts its next request while the server, not yet scheduled, still counts this one."""
+            if self._hold_headers:
+                self._hold_headers = False
+                data = b"".join(self._headers_buffer) + data
+                self._headers_buffer = []
+            self.wfile.write(data)
 
         def _error(self, status: int, body: str = "") -> None:
             data = (body or HTTPStatus(status).phrase).encode()
@@ -360,6 +375,7 @@ def _handler(state: _HostState) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(length))
             if partial:
                 self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+            self._hold_headers = body
             self.end_headers()
             if not body:
                 return
@@ -373,12 +389,16 @@ def _handler(state: _HostState) -> type[BaseHTTPRequestHandler]:
                             break
                         if len(chunk) == left and not stalls:
                             self._done()
-                        self.wfile.write(chunk)
+                        self._write(chunk)
                         left -= len(chunk)
                         if trickle:
                             self.wfile.flush()
                             if state.stopping.wait(0.1):
                                 return
+                if self._hold_headers:  # no body bytes went out (an empty file, a stall at byte 0)
+                    if not stalls:
+                        self._done()
+                    self._write(b"")
                 if closes:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)

@@ -96,7 +96,7 @@ def gated_runs(tmp_path_factory):
     for mode in ("clip", "frame"):
         model = small_model("conformer").model_copy(update={"gate": GateConfig(mode=mode)})
         run = root / mode
-        train(store, small_config(["logmel", "openl3"], "conformer", steps=2, model=model), run)
+        train(store, small_config(["logmel", "openl3"], "conformer", steps=1, model=model), run)
         ckpt = torch.load(run / CHECKPOINT, weights_only=False)
         g = torch.Generator().manual_seed(7)
         ckpt["model"]["gate.logits.weight"] = torch.randn(ckpt["model"]["gate.logits.weight"].shape, generator=g)
@@ -118,8 +118,10 @@ def test_evaluate_writes_each_clips_learned_weights_and_their_summary(gated_runs
     from training.predict import load_checkpoint
 
     store, truth_path, runs = gated_runs
+    # no example-clip plots (test_evaluate checks those): what is checked here is the learned weights' output
     ev = evaluate_checkpoint(runs[mode], store, tmp_path / "ev", split_by_availability=True,
-                             audio_weight_grid=PAPER_AUDIO_WEIGHTS, device="cpu", video_truth=truth_path)
+                             audio_weight_grid=PAPER_AUDIO_WEIGHTS, device="cpu", video_truth=truth_path,
+                             example_clips=0)
     info = ev.result.info
     per = " per-frame" if mode == "frame" else ""
     assert info["model"] == f"conformer logmel+openl3 (learned{per} weights)"
@@ -160,6 +162,7 @@ def test_evaluate_writes_each_clips_learned_weights_and_their_summary(gated_runs
     assert saved["absent"]["visual_weight_mean"] == 0.0
 
 
+@pytest.mark.slow  # end to end: `avsed evaluate` on a trained run, with every plot
 def test_avsed_evaluate_writes_the_learned_weights_without_a_truth_file(gated_runs, tmp_path, capsys):
     from avsed.cli import main
 
@@ -168,9 +171,11 @@ def test_avsed_evaluate_writes_the_learned_weights_without_a_truth_file(gated_ru
                  "--tune-audio-weight", "--out", str(tmp_path / "cli")]) == 0
     rows = _rows(tmp_path / "cli" / "learned_weights.csv")
     assert {r["video_kind"] for r in rows} == {"video", "absent"}  # the store tells only whether there is a video
+    assert len(list((tmp_path / "cli").glob("example_*.png"))) == 2  # the example clips' plots, too
     assert "learned weights" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # end to end: `avsed evaluate` on a trained run, with every plot
 def test_avsed_evaluate_video_truth_names_what_each_video_shows(gated_runs, tmp_path):
     from avsed.cli import main
 

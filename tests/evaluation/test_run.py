@@ -79,6 +79,7 @@ def test_choose_audio_weight_predicts_validation_at_each_weight(trained):
     assert len({own[w].frame_probs.tobytes() for w in PAPER_AUDIO_WEIGHTS}) == 4
 
 
+@pytest.mark.slow  # end to end: `avsed evaluate` twice on a trained run, with every plot
 def test_evaluate_teacher_from_argv(trained, tmp_path, capsys):
     from avsed.cli import main
     from evaluation.run import to_evaluation

@@ -101,7 +101,8 @@ def test_forward_matches_keras_reference(h5_weights, frames):
     ex = build_extractor("openl3", weights_path=str(path), batch_size=3)
     out = ex.embed(frames)
     assert out.shape == (4, 512) and out.dtype == np.float32
-    assert_close(out, openl3_reference(frames, weights))
+    # the last frame repeats the first: the float64 reference (seconds per frame) is computed for the first three
+    assert_close(out, openl3_reference(frames[:3], weights)[[0, 1, 2, 0]])
     assert ex.weights_provenance().startswith("sha256:") and len(ex.weights_provenance()) == 7 + 64
     assert ex.frames_computed == 3  # the repeated frame was computed once
 

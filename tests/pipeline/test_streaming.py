@@ -116,6 +116,7 @@ def config(data: Path, store: Path, url_template: str, **kw) -> ExtractConfig:
                          download=DownloadConfig(url_template=url_template, concurrency=2), **kw)
 
 
+@pytest.mark.slow  # end to end: run_extraction on a synthetic set through the loopback host and yt-dlp
 def test_decoded_clips_and_downloads_stay_within_their_bounds(synth_16, tmp_path):
     """Every id of the host answers after 0.3 s, so downloads pile up if the cap does not hold; the embedding worker
     stalls for 3 s after its first batch, so decoded clips pile up if the bound does not hold. Decoded frames are
@@ -163,6 +164,7 @@ def test_decoded_clips_and_downloads_stay_within_their_bounds(synth_16, tmp_path
     assert not list((tmp_path / "f.zarr.videos").glob("*.mp4"))  # videos are deleted once their rows are written
 
 
+@pytest.mark.slow  # end to end: run_extraction on a synthetic set through the loopback host and yt-dlp
 def test_planner_reads_the_ledger_in_bulk_and_rechecks_only_stale_entries(synth_16, tmp_path, monkeypatch):
     with VideoServer(synth_16 / "videos") as server:
         cfg = config(synth_16, tmp_path / "f.zarr", server.url_template, max_clips_in_flight=4, decode_workers=1)
@@ -199,6 +201,7 @@ def test_provenance_records_the_frame_size(synth_16, tmp_path):
             plan_extraction(undeduplicated)
 
 
+@pytest.mark.slow  # end to end: run_extraction on a synthetic set through the loopback host and yt-dlp
 def test_rechecks_and_downloads_of_one_run_share_its_download_cap(synth_16, tmp_path):
     """The flow re-checks cached videos while the shards download (a task beside them). Through the run's one
     session (`ExtractionRun.downloads()`) the host never sees more than download.concurrency requests; a session of
@@ -219,7 +222,8 @@ def test_rechecks_and_downloads_of_one_run_share_its_download_cap(synth_16, tmp_
                                progress=False)
     assert first.videos_downloaded == len(ids) - len(retried)
     os.remove(answers / "answers.state.json")
-    (answers / "answers.json").write_text(json.dumps({i: [{"delay_seconds": 0.3}] * 4 for i in ids}))
+    # every request held 0.15 s: the re-checks' requests and the downloads' overlap unless they share one cap
+    (answers / "answers.json").write_text(json.dumps({i: [{"delay_seconds": 0.15}] * 4 for i in ids}))
 
     for suffix in ("", ".ledger.sqlite"):  # the same starting point for the control
         copy = shutil.copytree if suffix == "" else shutil.copy2

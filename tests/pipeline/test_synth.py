@@ -196,12 +196,12 @@ def test_deterministic_in_seed(tmp_path, dataset):
 
 
 def test_rerun_removes_stale_videos(tmp_path):
-    cfg = SynthConfig(clips=8, missing_fraction=0.0, still_fraction=0.0, black_fraction=0.0)
+    cfg = SynthConfig(clips=5, missing_fraction=0.0, still_fraction=0.0, black_fraction=0.0)  # one per partition
     make_synthetic_dataset(tmp_path, cfg, progress=False)
     (tmp_path / "videos" / "stale_video.mp4").write_bytes(b"x")
     summary = make_synthetic_dataset(tmp_path, cfg, progress=False)
     assert not (tmp_path / "videos" / "stale_video.mp4").exists()
-    assert len(list(summary.video_dir.glob("*.mp4"))) == summary.n_videos_available == 8 - summary.n_clips["synthetic"]
+    assert len(list(summary.video_dir.glob("*.mp4"))) == summary.n_videos_available == 5 - summary.n_clips["synthetic"]
 
 
 def test_config_errors():
