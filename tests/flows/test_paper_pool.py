@@ -131,9 +131,10 @@ def test_the_grid_on_two_workers_equals_the_in_process_grid(synthetic_store, ref
     from tests.flows.test_prefect_deployment import api_post
 
     names = {r["name"]: r for r in api_post(api, "/flow_runs/filter", {"limit": 200})}
-    for model in MODELS:
+    for model in MODELS:  # one training and one evaluation flow run per seed group
         assert names[f"train-{model}-seed0+1"]["state_type"] == "COMPLETED"
-        assert all(names[f"evaluate-{model}-seed{s}"]["state_type"] == "COMPLETED" for s in SEEDS)
+        assert names[f"evaluate-{model}-seed0+1"]["state_type"] == "COMPLETED"
+        assert not any(f"evaluate-{model}-seed{s}" in names for s in SEEDS)
     assert "| transformer-logmel-none | 0 | 0 | 0 | 0 | 2 | 0 |" in (out / REPORT).read_text()
 
 
