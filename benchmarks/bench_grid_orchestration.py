@@ -108,6 +108,8 @@ def main() -> None:
     parser.add_argument("--start-s", type=float, default=120.0,
                         help="a flow run taken by a worker and not started after this long is given up on")
     parser.add_argument("--out", default=str(RESULTS / "grid_orchestration"), help="results .json/.md stem")
+    parser.add_argument("--server-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a Prefect setting for the server only, e.g. PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED=false")
     args = parser.parse_args()
 
     entries = paper_grid(["transformer", "conformer"], ["vgg16", "openl3", "tce"], learned_modes=())[:args.models]
@@ -121,8 +123,9 @@ def main() -> None:
     os.environ.update({k: env[k] for k in ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED",
                                            "DO_NOT_TRACK", "PREFECT_LOGGING_LEVEL", "PREFECT_CLIENT_MAX_RETRIES")})
     server_log = open(tmp / "server.log", "w")
+    server_settings = dict(item.split("=", 1) for item in args.server_setting)
     server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
+                              env={**env, **server_settings}, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
     workers: list[subprocess.Popen] = []
     try:
         wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2).status == 200,
@@ -180,7 +183,7 @@ def main() -> None:
             "group_size": args.group_size or len(seeds), "window": args.window, "workers": 2,
             "load_average_start": [round(x, 1) for x in load0], "load_average_end": [round(x, 1) for x in
                                                                                      os.getloadavg()],
-            "stuck_flow_runs": executor.stuck, "grid_log_lines": [line for line in grid_log
+            "stuck_flow_runs": executor.stuck, "server_settings": server_settings, "grid_log_lines": [line for line in grid_log
                                                                   if not line.endswith(": done")], "flow_runs_per_worker": args.limit,
             "runs_evaluated": evaluated, "failed": paper.failed, "requeued": len(paper.requeued),
             "wall_seconds": round(wall, 1), "wall_seconds_per_run": round(wall / runs, 3),
@@ -194,6 +197,8 @@ def main() -> None:
             stop_group(w)
         stop_group(server)
         server_log.close()
+    results["server_database_locked_errors"] = (tmp / "server.log").read_text(errors="replace").count(
+        "sqlite3.OperationalError: database is locked")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(results, indent=2))
@@ -209,6 +214,8 @@ def markdown(r: dict) -> str:
                      f"{r['window']}"),
             ("machine load (1, 5, 15 min) at start, at end", f"{r['load_average_start']}, {r['load_average_end']}"),
             ("flow runs given up on as stuck (never started)", str(len(r["stuck_flow_runs"]))),
+            ("server: settings beyond the defaults; `database is locked` errors in its log",
+             f"{r.get('server_settings') or 'none'}; {r.get('server_database_locked_errors')}"),
             ("workers", f"{r['workers']} process workers, {r['flow_runs_per_worker']} flow runs at once each, stub "
                         f"flows (sleep 0)"),
             ("runs evaluated / failed / submitted again", f"{r['runs_evaluated']} / {len(r['failed'])} / "
