@@ -1,7 +1,7 @@
 """The paper grid's orchestration at full size, by simulation: 18 models x 20 seeds = 360 runs (18 training units
-of 20 seeds, then 18 evaluation units; with --group-size G, 18 x ceil(20 / G) of each) through a real Prefect server on 127.0.0.1 and two process workers, with stub
-`train` and `evaluate` flows that do nothing (benchmarks/grid_stub_flows.py) and the real grid (grid/run.py,
-grid/pool.py) submitting them in a bounded window.
+of 20 seeds, then 18 evaluation units; with --group-size G, 18 x ceil(20 / G) of each) through a real Prefect
+server on 127.0.0.1 and two process workers, with stub `train` and `evaluate` flows that do nothing
+(benchmarks/grid_stub_flows.py) and the real grid (grid/run.py, grid/pool.py) submitting them in a bounded window.
 
 Reported: the grid's wall time and its own CPU seconds per run (the orchestration itself), the parent's peak RSS
 and its RSS as the grid goes on (bounded: it must not grow with the runs submitted), the Prefect server's CPU
@@ -109,7 +109,8 @@ def main() -> None:
                         help="a flow run taken by a worker and not started after this long is given up on")
     parser.add_argument("--out", default=str(RESULTS / "grid_orchestration"), help="results .json/.md stem")
     parser.add_argument("--server-setting", action="append", default=[], metavar="NAME=VALUE",
-                        help="a Prefect setting for the server only, e.g. PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED=false")
+                        help="a Prefect setting for the server only, e.g. "
+                             "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED=false")
     args = parser.parse_args()
 
     entries = paper_grid(["transformer", "conformer"], ["vgg16", "openl3", "tce"], learned_modes=())[:args.models]
@@ -125,7 +126,8 @@ def main() -> None:
     server_log = open(tmp / "server.log", "w")
     server_settings = dict(item.split("=", 1) for item in args.server_setting)
     server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env={**env, **server_settings}, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
+                              env={**env, **server_settings}, stdout=server_log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
     workers: list[subprocess.Popen] = []
     try:
         wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2).status == 200,
@@ -183,8 +185,9 @@ def main() -> None:
             "group_size": args.group_size or len(seeds), "window": args.window, "workers": 2,
             "load_average_start": [round(x, 1) for x in load0], "load_average_end": [round(x, 1) for x in
                                                                                      os.getloadavg()],
-            "stuck_flow_runs": executor.stuck, "server_settings": server_settings, "grid_log_lines": [line for line in grid_log
-                                                                  if not line.endswith(": done")], "flow_runs_per_worker": args.limit,
+            "stuck_flow_runs": executor.stuck, "server_settings": server_settings,
+            "grid_log_lines": [line for line in grid_log if not line.endswith(": done")],
+            "flow_runs_per_worker": args.limit,
             "runs_evaluated": evaluated, "failed": paper.failed, "requeued": len(paper.requeued),
             "wall_seconds": round(wall, 1), "wall_seconds_per_run": round(wall / runs, 3),
             "parent_cpu_seconds": round(parent_cpu, 1), "parent_cpu_seconds_per_run": round(parent_cpu / runs, 4),

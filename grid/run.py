@@ -1,7 +1,7 @@
 """The paper's grid, orchestrated once for every way it runs: train each model's seed groups, evaluate each
-group's runs, write the tables. Where the units run is an executor's business: `InlineExecutor` runs each unit in this process
-as it is submitted (`avsed paper`, and the `paper` flow with its Prefect tasks); grid/pool.py submits each unit
-as a flow run to a Prefect work pool, whose workers (one per GPU) run them.
+group's runs, write the tables. Where the units run is an executor's business: `InlineExecutor` runs each unit in
+this process as it is submitted (`avsed paper`, and the `paper` flow with its Prefect tasks); grid/pool.py submits
+each unit as a flow run to a Prefect work pool, whose workers (one per GPU) run them.
 
 At most `window` units are in flight at once, so the grid's own memory and the load it puts on the Prefect
 server stay bounded whatever the grid's size. What is done is read from the run directories (a complete
