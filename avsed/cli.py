@@ -441,8 +441,8 @@ def _parser_paper(sub) -> None:
     s.add_argument("--no-plots", action="store_true", help="skip the per-run evaluation plots (tables still get PNGs)")
     s.add_argument("--engine", choices=("prefect", "plain"), default="prefect",
                    help="prefect: the `paper` flow in-process; plain: the same steps without Prefect")
-    s.add_argument("--work-pool", help="submit each model's training and each run's evaluation to this Prefect "
-                                       "work pool's train/evaluate deployments (workers on the GPUs run them; "
+    s.add_argument("--work-pool", help="submit each seed group's training, then its runs' evaluation, to this "
+                                       "Prefect work pool's train/evaluate deployments (workers on the GPUs run them; "
                                        "needs PREFECT_API_URL); default: run them in this process")
     s.add_argument("--deployment", help="with --work-pool: the deployment name, where the pool has several")
     s.add_argument("--evaluate-pool", help="with --work-pool: evaluate the runs on this pool's `evaluate` "

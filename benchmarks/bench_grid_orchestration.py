@@ -1,15 +1,20 @@
 """The paper grid's orchestration at full size, by simulation: 18 models x 20 seeds = 360 runs (18 training units
-of 20 seeds, then 360 evaluations) through a real Prefect server on 127.0.0.1 and two process workers, with stub
-`train` and `evaluate` flows that do nothing (benchmarks/grid_stub_flows.py) and the real grid (grid/run.py,
-grid/pool.py) submitting them in a bounded window.
+of 20 seeds, then 18 evaluation units; with --group-size G, 18 x ceil(20 / G) of each) through a real Prefect
+server on 127.0.0.1 and two process workers, with stub `train` and `evaluate` flows that do nothing
+(benchmarks/grid_stub_flows.py) and the real grid (grid/run.py, grid/pool.py) submitting them in a bounded window.
 
 Reported: the grid's wall time and its own CPU seconds per run (the orchestration itself), the parent's peak RSS
 and its RSS as the grid goes on (bounded: it must not grow with the runs submitted), the Prefect server's CPU
-seconds and RSS, the most flow runs in flight, and the flow runs submitted and status polls made. The workers'
+seconds and RSS, the most flow runs in flight, the flow runs submitted and status polls made, the flow runs given
+up on as stuck (taken by a worker, never started) and the machine's load average. The workers'
 time per flow run (a fresh Python process importing Prefect for every run) is what bounds the wall time here;
 on GPUs the training itself dwarfs it. Writes benchmarks/results/grid_orchestration.json and .md.
 
-    .venv/bin/python benchmarks/bench_grid_orchestration.py [--models 18] [--seeds 20] [--window 16] [--limit 4]
+    .venv/bin/python benchmarks/bench_grid_orchestration.py [--models 18] [--seeds 20] [--group-size 20]
+        [--window 16] [--limit 4] [--out benchmarks/results/grid_orchestration]
+
+The server is Prefect's default, SQLite. Every client (the grid, the workers, the flow runs) retries a busy
+server's answer (503 `database is locked`) up to PREFECT_CLIENT_MAX_RETRIES times, 10 here against 5 by default.
 """
 
 from __future__ import annotations
@@ -99,6 +104,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=20)
     parser.add_argument("--window", type=int, default=16, help="units in flight at most")
     parser.add_argument("--limit", type=int, default=4, help="flow runs at once per worker")
+    parser.add_argument("--group-size", type=int, default=None, help="seeds per unit (default: all)")
+    parser.add_argument("--start-s", type=float, default=120.0,
+                        help="a flow run taken by a worker and not started after this long is given up on")
+    parser.add_argument("--out", default=str(RESULTS / "grid_orchestration"), help="results .json/.md stem")
+    parser.add_argument("--server-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a Prefect setting for the server only, e.g. "
+                             "PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED=false")
     args = parser.parse_args()
 
     entries = paper_grid(["transformer", "conformer"], ["vgg16", "openl3", "tce"], learned_modes=())[:args.models]
@@ -107,12 +119,15 @@ def main() -> None:
     port = free_port()
     env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PREFECT_WORKER_QUERY_SECONDS": "1",
-           "PREFECT_RUNNER_POLL_FREQUENCY": "1", "PREFECT_LOGGING_LEVEL": "WARNING", "PYTHONPATH": str(ROOT)}
+           "PREFECT_RUNNER_POLL_FREQUENCY": "1", "PREFECT_LOGGING_LEVEL": "WARNING", "PYTHONPATH": str(ROOT),
+           "PREFECT_CLIENT_MAX_RETRIES": "10"}
     os.environ.update({k: env[k] for k in ("PREFECT_HOME", "PREFECT_API_URL", "PREFECT_SERVER_ANALYTICS_ENABLED",
-                                           "DO_NOT_TRACK", "PREFECT_LOGGING_LEVEL")})
+                                           "DO_NOT_TRACK", "PREFECT_LOGGING_LEVEL", "PREFECT_CLIENT_MAX_RETRIES")})
     server_log = open(tmp / "server.log", "w")
+    server_settings = dict(item.split("=", 1) for item in args.server_setting)
     server = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                              env=env, stdout=server_log, stderr=subprocess.STDOUT, start_new_session=True)
+                              env={**env, **server_settings}, stdout=server_log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
     workers: list[subprocess.Popen] = []
     try:
         wait_for(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=2).status == 200,
@@ -134,7 +149,8 @@ def main() -> None:
                                             start_new_session=True))
         from grid.pool import PoolExecutor, pool_deployments
 
-        executor = PoolExecutor(pool_deployments(POOL), poll_s=1.0)
+        grid_log: list[str] = []
+        executor = PoolExecutor(pool_deployments(POOL), poll_s=1.0, start_s=args.start_s, log=grid_log.append)
         spec = GridSpec("unused-store", tmp / "grid", TrainConfig(), plots=False)
         samples: list[dict] = []
         stop = threading.Event()
@@ -146,14 +162,15 @@ def main() -> None:
                                 "server_rss_mb": round(tree_rss_mb(server.pid), 1),
                                 "submitted": executor.submitted})
 
+        load0 = os.getloadavg()
         server_cpu0 = tree_cpu_seconds(server.pid)
         cpu0 = time.process_time()
         rss0 = rss_mb()
         t0 = time.perf_counter()
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        paper = run_grid(spec, entries, [], seeds, executor, window=args.window, reader=MarkerReader(),
-                         poll_s=1.0, log=lambda line: None)
+        paper = run_grid(spec, entries, [], seeds, executor, window=args.window, group_size=args.group_size,
+                         reader=MarkerReader(), poll_s=1.0, log=grid_log.append)
         wall = time.perf_counter() - t0
         stop.set()
         sampler.join()
@@ -165,7 +182,12 @@ def main() -> None:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "machine": f"{platform.node()}, {os.cpu_count()} CPUs", "models": len(entries), "seeds": len(seeds),
             "runs": runs, "flow_runs_submitted": executor.submitted, "status_polls": executor.polls,
-            "window": args.window, "workers": 2, "flow_runs_per_worker": args.limit,
+            "group_size": args.group_size or len(seeds), "window": args.window, "workers": 2,
+            "load_average_start": [round(x, 1) for x in load0], "load_average_end": [round(x, 1) for x in
+                                                                                     os.getloadavg()],
+            "stuck_flow_runs": executor.stuck, "server_settings": server_settings,
+            "grid_log_lines": [line for line in grid_log if not line.endswith(": done")],
+            "flow_runs_per_worker": args.limit,
             "runs_evaluated": evaluated, "failed": paper.failed, "requeued": len(paper.requeued),
             "wall_seconds": round(wall, 1), "wall_seconds_per_run": round(wall / runs, 3),
             "parent_cpu_seconds": round(parent_cpu, 1), "parent_cpu_seconds_per_run": round(parent_cpu / runs, 4),
@@ -178,17 +200,25 @@ def main() -> None:
             stop_group(w)
         stop_group(server)
         server_log.close()
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "grid_orchestration.json").write_text(json.dumps(results, indent=2))
-    (RESULTS / "grid_orchestration.md").write_text(markdown(results))
+    results["server_database_locked_errors"] = (tmp / "server.log").read_text(errors="replace").count(
+        "sqlite3.OperationalError: database is locked")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2))
+    out.with_suffix(".md").write_text(markdown(results))
     print(markdown(results))
 
 
 def markdown(r: dict) -> str:
     third = r["samples"][len(r["samples"]) // 3] if r["samples"] else {}
     last = r["samples"][-1] if r["samples"] else {}
-    rows = [("grid", f"{r['models']} models x {r['seeds']} seeds = {r['runs']} runs, {r['flow_runs_submitted']} flow "
-                     f"runs (training units and evaluations), window {r['window']}"),
+    rows = [("grid", f"{r['models']} models x {r['seeds']} seeds = {r['runs']} runs in units of {r['group_size']} "
+                     f"seeds, {r['flow_runs_submitted']} flow runs (training and evaluation units), window "
+                     f"{r['window']}"),
+            ("machine load (1, 5, 15 min) at start, at end", f"{r['load_average_start']}, {r['load_average_end']}"),
+            ("flow runs given up on as stuck (never started)", str(len(r["stuck_flow_runs"]))),
+            ("server: settings beyond the defaults; `database is locked` errors in its log",
+             f"{r.get('server_settings') or 'none'}; {r.get('server_database_locked_errors')}"),
             ("workers", f"{r['workers']} process workers, {r['flow_runs_per_worker']} flow runs at once each, stub "
                         f"flows (sleep 0)"),
             ("runs evaluated / failed / submitted again", f"{r['runs_evaluated']} / {len(r['failed'])} / "

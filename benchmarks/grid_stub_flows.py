@@ -21,8 +21,10 @@ def stub_train(store: str, out_dir: str, config: dict[str, Any] | None = None, c
 
 
 @flow(name="evaluate")
-def stub_evaluate(store: str, run_dir: str, entry: dict[str, Any], plots: bool = True, device: str = "auto",
-                  audio_weights: list[float] | None = None) -> str:
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    (Path(run_dir) / "evaluated").touch()
-    return run_dir
+def stub_evaluate(store: str, entry: dict[str, Any], run_dirs: list[str] = [], plots: bool = True,
+                  device: str = "auto", audio_weights: list[float] | None = None, run_dir: str | None = None) -> int:
+    dirs = list(run_dirs) + ([run_dir] if run_dir else [])
+    for d in dirs:
+        Path(d).mkdir(parents=True, exist_ok=True)
+        (Path(d) / "evaluated").touch()
+    return len(dirs)

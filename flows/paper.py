@@ -2,9 +2,10 @@
 
 Without `work_pool`, each model's training and each run's evaluation is a task of this flow run (in its
 process). With `work_pool`, each unit is its own flow run of that pool's `train` and `evaluate` deployments
-(flows/train.py, flows/evaluate.py; grid/pool.py), at most `in_flight` at once, pulled by the pool's workers (one
-per GPU); this flow waits, re-submits the units of a worker that died, and writes the tables. Complete runs and
-evaluations are skipped, so a re-run of a killed flow continues where it stopped.
+(flows/train.py, flows/evaluate.py: a seed group trained, then the group's runs evaluated; grid/pool.py), at most
+`in_flight` at once, pulled by the pool's workers (one per GPU); this flow waits, re-submits the units of a worker
+that died, and writes the tables. Complete runs and evaluations are skipped, so a re-run of a killed flow continues
+where it stopped.
 
 `base` (settings every model shares, typed: the UI shows a form, the server checks a deployment run's keys) merges
 key by key into `config_file`. Artifacts: `paper-progress` (share of the grid's runs trained and evaluated),
@@ -124,7 +125,8 @@ def paper_flow(store: str, out_dir: str, seeds: list[int] = list(range(20)),
     logger = get_run_logger()
     shared = resolve_train_config(base, config_file)
     if work_pool:
-        executor, window = PoolExecutor(pool_deployments(work_pool, deployment, evaluate_pool)), in_flight
+        executor, window = PoolExecutor(pool_deployments(work_pool, deployment, evaluate_pool),
+                                        log=logger.warning), in_flight
     else:
         executor, window = InlineExecutor(
             train=lambda spec, unit: train_model_task(spec, unit, name=unit.name.removeprefix("train-")),

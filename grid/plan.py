@@ -160,7 +160,7 @@ def plan_paper(store: str | Path, architectures: Sequence[str], train_audio_weig
 @dataclass(frozen=True)
 class Unit:
     """What one worker does at once: train some seeds of one model together (one stacked group, one process),
-    or evaluate one run."""
+    or evaluate the runs of such a group (one after the other, one process)."""
 
     kind: str  # "train" or "evaluate"
     entry: GridEntry

@@ -7,6 +7,9 @@ that crashed, or that failed otherwise, is lost and submitted again. A unit whos
 lost, a SIGKILL: its flow run stays Running on the server for ever) is found by its runs' claims
 (grid/claim.py): the claim names the flow run and its holder, and a dead holder's flow run is marked Crashed and
 its unit submitted again; the new flow run takes the dead claim over and resumes from the last checkpoints.
+A flow run a worker took but never started (left Pending / Submitting: a busy server answered its state change
+with an error, its process hung) is cancelled after `START_S` seconds, which frees its worker's slot, and its
+unit submitted again.
 """
 
 from __future__ import annotations
@@ -23,14 +26,16 @@ from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunF
                                             WorkPoolFilter, WorkPoolFilterName)
 from prefect.deployments import run_deployment
 from prefect.exceptions import PrefectHTTPStatusError
-from prefect.states import Crashed
+from prefect.states import Cancelling, Crashed
 
 from grid.claim import LEASE_S, describe, holder_alive, read_claim
 from grid.plan import Unit, run_dir
 from grid.run import GridSpec, Outcome
+from grid.runs import EvaluationsRefused
 from avsed.core.errors import AvsedError
 
 TRAIN_FLOW, EVALUATE_FLOW = "train", "evaluate"
+START_S = 300.0  # a flow run taken by a worker (Pending, Submitting) that has not started after this long is stuck
 _EXCEPTION = re.compile(r"exception:\s*(\w+):\s*(.*)", re.S)
 T = TypeVar("T")
 
@@ -73,7 +78,8 @@ def outcome_of(state) -> Outcome | None:
     message = state.message or state.name
     m = _EXCEPTION.search(message or "")
     if state.is_failed() and m and m[1] in _expected_names():
-        return Outcome("refused", m[2].strip().splitlines()[0])
+        why = m[2].strip().splitlines()[0]
+        return Outcome("refused", why, EvaluationsRefused.parse(why) if m[1] == EvaluationsRefused.__name__ else {})
     if state.is_cancelled():
         return Outcome("refused", f"cancelled ({message})")
     return Outcome("lost", f"{state.name}: {message}" if message else state.name)
@@ -109,22 +115,32 @@ def unit_parameters(unit: Unit, spec: GridSpec) -> dict[str, Any]:
     if unit.kind == "train":
         return {"store": spec.store, "out_dir": str(Path(spec.out_dir) / "runs" / unit.entry.key),
                 "config": spec.config(unit.entry).to_dict(), "seeds": list(unit.seeds)}
-    seed = unit.seeds[0]
-    return {"store": spec.store, "run_dir": str(run_dir(spec.out_dir, unit.entry, seed)),
+    return {"store": spec.store, "run_dirs": [str(run_dir(spec.out_dir, unit.entry, s)) for s in unit.seeds],
             "entry": {**unit.entry.__dict__, "encoders": list(unit.entry.encoders)}, "plots": spec.plots,
             "device": spec.device,
             "audio_weights": list(spec.audio_weights) if len(unit.entry.encoders) > 1 else None}
 
 
 class PoolExecutor:
-    """Submits units as flow runs of the pool's deployments and reports how they ended (grid/run.py's Executor)."""
+    """Submits units as flow runs of the pool's deployments and reports how they ended (grid/run.py's Executor).
+
+    A flow run that does not get going is not waited on for ever: one Pending (a worker took it: `Submitting`)
+    for `start_s` seconds without starting is set Cancelling (its worker kills what it started, freeing its slot)
+    and its unit submitted again; one Running whose runs' claims say its worker died, or that has held no claim
+    on its runs for `lease_s` seconds, is marked Crashed and its unit submitted again. Units all Scheduled for
+    `start_s` seconds while none runs are reported once (no worker takes them: resubmitting would not help)."""
 
     def __init__(self, deployments: dict[str, str], lease_s: float = LEASE_S, poll_s: float = 2.0,
-                 tags: Sequence[str] = ("avsed-grid",)):
+                 tags: Sequence[str] = ("avsed-grid",), start_s: float = START_S,
+                 log: Callable[[str], None] = print):
         self.deployments, self.lease_s, self.poll_s, self.tags = deployments, lease_s, poll_s, list(tags)
+        self.start_s, self.log = start_s, log
         self._runs: dict[Any, tuple[Unit, GridSpec]] = {}
-        self._active_since: dict[Any, float] = {}  # when this process first saw the run past Scheduled
+        self._since: dict[Any, tuple[str, float]] = {}  # (state type, when this process first saw it in it)
+        self._claim_seen: dict[Any, float] = {}  # when this process last saw the run hold a claim
+        self._idle_reported = False
         self.submitted = self.polls = self.most_in_flight = 0
+        self.stuck: list[str] = []  # one line per flow run given up on as stuck (cancelled or marked crashed)
         self._grid = uuid.uuid4().hex  # this grid's submissions, for their idempotency keys
 
     def submit(self, unit: Unit, spec: GridSpec, attempt: int) -> Hashable:
@@ -156,29 +172,59 @@ class PoolExecutor:
             for run in runs:
                 outcome = outcome_of(run.state)
                 if outcome is None:
-                    dead = self._dead_holder(run)
-                    if dead is None:
+                    stuck = self._stuck(run)
+                    if stuck is None:
                         continue
-                    _patiently(lambda: client.set_flow_run_state(run.id, Crashed(message=f"avsed grid: {dead}"),
+                    why, state = stuck
+                    _patiently(lambda: client.set_flow_run_state(run.id, state(message=f"avsed grid: {why}"),
                                                                  force=True))
-                    outcome = Outcome("lost", dead)
+                    self.stuck.append(f"{run.name}: {why}")
+                    outcome = Outcome("lost", why)
                 finished.append((run.id, outcome))
-                self._runs.pop(run.id, None)
-                self._active_since.pop(run.id, None)
+                self._forget(run.id)
+            self._report_idle(runs)
             return finished
 
-    def _dead_holder(self, run) -> str | None:
-        """Why the run's worker is dead (None while it may be alive): its claim's holder is gone, or it has been
-        Pending or Running for a whole lease without claiming its runs."""
-        if run.state is None or run.state.is_scheduled():
+    def _forget(self, run_id) -> None:
+        self._runs.pop(run_id, None)
+        self._since.pop(run_id, None)
+        self._claim_seen.pop(run_id, None)
+
+    def _stuck(self, run) -> tuple[str, Callable] | None:
+        """Why the flow run will not end by itself, and the state to give it (None while it may)."""
+        now = time.monotonic()
+        state = run.state
+        kind = state.type.value if state is not None else "SCHEDULED"
+        seen, since = self._since.get(run.id, (None, now))
+        if seen != kind:
+            self._since[run.id] = (kind, now)
+            since = now
+        if kind == "SCHEDULED":
+            return None
+        if kind == "PENDING":
+            if now - since > self.start_s:
+                return (f"{state.name} for {self.start_s:.0f} s without starting (its worker or its process is "
+                        f"stuck)", Cancelling)
             return None
         unit, spec = self._runs[run.id]
-        since = self._active_since.setdefault(run.id, time.monotonic())
         claims = [read_claim(d) for d in unit.run_dirs(spec.out_dir).values()]
         mine = [c for c in claims if c and c.get("flow_run") == str(run.id)]
         for claim in mine:
             if not holder_alive(claim, self.lease_s):
-                return f"its worker died ({describe(claim)} is gone)"
-        if not mine and time.monotonic() - since > self.lease_s:
-            return f"{run.state.name} for {self.lease_s:.0f} s without claiming its runs (its worker is gone)"
+                return f"its worker died ({describe(claim)} is gone)", Crashed
+        if mine:
+            self._claim_seen[run.id] = now
+        elif now - max(since, self._claim_seen.get(run.id, since)) > self.lease_s:
+            return f"{state.name} for {self.lease_s:.0f} s without a claim on its runs (its worker is gone)", Crashed
         return None
+
+    def _report_idle(self, runs) -> None:
+        """One line when every unit in flight has waited Scheduled for `start_s` seconds: no worker takes them."""
+        now = time.monotonic()
+        waiting = [self._since.get(r.id, ("SCHEDULED", now)) for r in runs]
+        idle = bool(runs) and all(kind == "SCHEDULED" and now - since > self.start_s for kind, since in waiting)
+        if idle and not self._idle_reported:
+            pools = ", ".join(sorted(set(self.deployments.values())))
+            self.log(f"paper: {len(runs)} flow runs Scheduled for over {self.start_s:.0f} s and none running: is a "
+                     f"worker polling the pool of {pools}? (they wait for one)")
+        self._idle_reported = idle

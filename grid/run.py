@@ -1,7 +1,7 @@
-"""The paper's grid, orchestrated once for every way it runs: train each model's seed groups, evaluate every run,
-write the tables. Where the units run is an executor's business: `InlineExecutor` runs each unit in this process
-as it is submitted (`avsed paper`, and the `paper` flow with its Prefect tasks); grid/pool.py submits each unit
-as a flow run to a Prefect work pool, whose workers (one per GPU) run them.
+"""The paper's grid, orchestrated once for every way it runs: train each model's seed groups, evaluate each
+group's runs, write the tables. Where the units run is an executor's business: `InlineExecutor` runs each unit in
+this process as it is submitted (`avsed paper`, and the `paper` flow with its Prefect tasks); grid/pool.py submits
+each unit as a flow run to a Prefect work pool, whose workers (one per GPU) run them.
 
 At most `window` units are in flight at once, so the grid's own memory and the load it puts on the Prefect
 server stay bounded whatever the grid's size. What is done is read from the run directories (a complete
@@ -9,6 +9,11 @@ checkpoint, an evaluation of that very checkpoint), so a rerun or a re-submitted
 A unit refused for an expected reason (a bad configuration, a run directory that holds another config) fails for
 good as one line of the grid's report, and the rest of the grid goes on; a unit whose worker died is submitted
 again (at most `attempts` times) and resumes from its runs' last checkpoints.
+
+A unit is one seed group of one model: trained together, then evaluated together (one unit, its runs one after the
+other), so a grid of M models in groups of G seeds is 2 x M x ceil(seeds / G) units, not M x (ceil(seeds / G) +
+seeds). A run of an evaluation unit refused for an expected reason fails as one line of its own; the unit's
+other runs are evaluated.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from typing import Callable, Hashable, Protocol, Sequence
 from evaluation.run import PAPER_AUDIO_WEIGHTS
 from grid.learned import write_learned_tables
 from grid.plan import GridEntry, Unit, as_base_config, grid_units, plan_paper, run_dir
-from grid.runs import PaperRun, RunRecord, evaluate_run, evaluation_of, is_trained, summary_of, train_unit
+from grid.runs import (PaperRun, RunRecord, evaluate_run, evaluate_runs, evaluation_of, is_trained, summary_of,
+                       train_unit)
 from grid.tables import write_tables
 from avsed.core.errors import AvsedError
 from training.config import TrainConfig
@@ -53,6 +59,7 @@ class Outcome:
 
     state: str
     message: str = ""
+    runs: dict[int, str] = field(default_factory=dict)  # refused runs of an evaluation unit: seed -> why
 
 
 class Executor(Protocol):
@@ -78,10 +85,12 @@ class InlineExecutor:
         try:
             if unit.kind == "train":
                 self._train(spec, unit)
+                self._done[self._n] = Outcome("done")
             else:
-                seed = unit.seeds[0]
-                self._evaluate(spec, RunRecord(unit.entry, seed, run_dir(spec.out_dir, unit.entry, seed)))
-            self._done[self._n] = Outcome("done")
+                records = [RunRecord(unit.entry, s, run_dir(spec.out_dir, unit.entry, s)) for s in unit.seeds]
+                refused = evaluate_runs(records, lambda record: self._evaluate(spec, record))
+                self._done[self._n] = Outcome("refused", "; ".join(refused.values()), refused) if refused else \
+                    Outcome("done")
         except AvsedError as exc:  # a bad configuration, a run another worker holds: one line, no retry
             self._done[self._n] = Outcome("refused", str(exc))
         return self._n
@@ -145,12 +154,36 @@ def _settle_train(job: "_Job", outcome: Outcome, spec: GridSpec, reader: RunRead
     done = [s for s in unit.seeds if reader.trained(run_dir(spec.out_dir, unit.entry, s), total)]
     paper.trained_runs += len(done)
     progress.set(unit, "trained", done)
-    # Evaluations go first in the queue: a model's runs are evaluated as soon as it is trained.
-    for s in reversed(done):
-        queue.appendleft(_Job(Unit("evaluate", unit.entry, (s,))))
+    # Evaluations go first in the queue: a group's runs are evaluated as soon as they are trained.
+    if done:
+        queue.appendleft(_Job(Unit("evaluate", unit.entry, tuple(done))))
     left = tuple(s for s in unit.seeds if s not in done)
     if left:
         _again(_Job(Unit("train", unit.entry, left), job.attempt + 1), outcome, paper, progress, queue, attempts)
+
+
+def _settle_evaluate(job: "_Job", outcome: Outcome, spec: GridSpec, reader: RunReader, paper: PaperRun,
+                     progress: GridProgress, queue: deque, attempts: int,
+                     notify: Callable[[GridProgress, RunRecord | None], None]) -> None:
+    """Each run of the unit: evaluated; refused (one line per run, not retried); or left to submit again."""
+    unit = job.unit
+    left = []
+    for s in unit.seeds:
+        record = RunRecord(unit.entry, s, run_dir(spec.out_dir, unit.entry, s))
+        if reader.evaluated(record.run_dir):
+            paper.evaluated_runs += 1
+            progress.set(unit, "evaluated", [s])
+            notify(progress, record)
+        elif outcome.state == "refused" and (s in outcome.runs or not outcome.runs):
+            why = outcome.runs.get(s, outcome.message)
+            paper.failed.append(f"{Unit('evaluate', unit.entry, (s,)).name}: {why} (not retried)")
+            progress.set(unit, "failed", [s])
+        else:
+            left.append(s)
+    if left:
+        _again(_Job(Unit("evaluate", unit.entry, tuple(left)), job.attempt + 1), outcome, paper, progress, queue,
+               attempts)
+    notify(progress, None)
 
 
 def _again(job: "_Job", outcome: Outcome, paper: PaperRun, progress: GridProgress, queue: deque,
@@ -212,16 +245,7 @@ def run_grid(spec: GridSpec, entries: Sequence[GridEntry], missing: Sequence[str
                 log(f"paper: {unit.name}: {outcome.state}{': ' + outcome.message if outcome.message else ''}")
                 notify(progress, None)
                 continue
-            record = RunRecord(unit.entry, unit.seeds[0], run_dir(spec.out_dir, unit.entry, unit.seeds[0]))
-            if outcome.state == "refused":
-                paper.failed.append(f"{unit.name}: {outcome.message} (not retried)")
-                progress.set(unit, "failed")
-            elif reader.evaluated(record.run_dir):
-                paper.evaluated_runs += 1
-                progress.set(unit, "evaluated")
-            else:
-                _again(_Job(unit, job.attempt + 1), outcome, paper, progress, queue, attempts)
-            notify(progress, record if progress.state[unit.entry.key, unit.seeds[0]] == "evaluated" else None)
+            _settle_evaluate(job, outcome, spec, reader, paper, progress, queue, attempts, notify)
     for entry in entries:
         for s in seeds:
             path = run_dir(spec.out_dir, entry, s)
@@ -243,8 +267,8 @@ def _submit(job: _Job, spec: GridSpec, executor: Executor, reader: RunReader, pr
     if unit.kind == "train":
         total = spec.config(unit.entry).total_steps
         done = [s for s in unit.seeds if reader.trained(run_dir(spec.out_dir, unit.entry, s), total)]
-        for s in reversed(done):
-            queue.appendleft(_Job(Unit("evaluate", unit.entry, (s,))))
+        if done:
+            queue.appendleft(_Job(Unit("evaluate", unit.entry, tuple(done))))
         progress.set(unit, "trained", done)
         left = tuple(s for s in unit.seeds if s not in done)
         if not left:
@@ -253,9 +277,13 @@ def _submit(job: _Job, spec: GridSpec, executor: Executor, reader: RunReader, pr
         job.unit = unit
         progress.set(unit, "training")
     else:
-        if reader.evaluated(run_dir(spec.out_dir, unit.entry, unit.seeds[0])):
-            progress.set(unit, "evaluated")
+        done = [s for s in unit.seeds if reader.evaluated(run_dir(spec.out_dir, unit.entry, s))]
+        progress.set(unit, "evaluated", done)
+        left = tuple(s for s in unit.seeds if s not in done)
+        if not left:
             return None
+        unit = Unit("evaluate", unit.entry, left)
+        job.unit = unit
         progress.set(unit, "evaluating")
     return executor.submit(unit, spec, job.attempt)
 

@@ -3,7 +3,9 @@ seeds of one model together, or evaluate one run as the paper does; and what the
 directory to know a run is done.
 
 Training claims its run directories (grid/claim.py) and resumes from their checkpoints, so a unit re-run after
-a dead worker continues bit-exactly. Evaluation is the paper's (evaluation.run.evaluate_checkpoint: post-processing
+a dead worker continues bit-exactly. An evaluation unit evaluates the runs of one seed group one after the other;
+a run refused for an expected reason does not stop the others, and ends as one line of its own
+(`EvaluationsRefused`). Evaluation is the paper's (evaluation.run.evaluate_checkpoint: post-processing
 tuned on validation; the inference audio weight chosen on validation EBF1 among 0.25 / 0.5 / 0.75 / 0.875 for
 every multi-encoder model; eval split with and without video plus the forced audio-only set). A run whose
 checkpoint reached the schedule's end is not trained again, and a run with an evaluation of that very checkpoint
@@ -13,9 +15,10 @@ file (its modification time and size are recorded) is not evaluated again.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -24,6 +27,7 @@ from evaluation.run import PAPER_AUDIO_WEIGHTS, evaluate_checkpoint
 from evaluation.validation import VALIDATOR
 from grid.claim import claimed
 from grid.plan import EVALUATION_FILE, GridEntry, run_dir
+from avsed.core.errors import AvsedError
 from training.checkpoint import CHECKPOINT
 from training.config import TrainConfig
 from training.train import TrainResult, train_group
@@ -117,6 +121,50 @@ def evaluate_run(store: str | Path, record: RunRecord, plots: bool = True, devic
         ev.result.save(out / EVALUATION_FILE.name)
     record.result = ev.result
     return True
+
+
+class EvaluationsRefused(AvsedError):
+    """Runs of one evaluation unit refused for an expected reason, one line each (`seed<k>: why`, joined by
+    ` || ` into the one line a flow run's state carries); the unit's other runs were evaluated."""
+
+    SEPARATOR = " || "
+
+    def __init__(self, failures: Mapping[int, str]):
+        self.failures = {int(s): (str(m).strip().splitlines() or [""])[0] for s, m in failures.items()}
+        super().__init__(self.SEPARATOR.join(f"seed{s}: {m}" for s, m in self.failures.items()))
+
+    @classmethod
+    def parse(cls, message: str) -> dict[int, str]:
+        """The failures from the message (a flow run's state message: {} when it is not this error's)."""
+        out = {}
+        for part in message.split(cls.SEPARATOR):
+            m = re.match(r"seed(\d+): (.*)", part.strip())
+            if m:
+                out[int(m[1])] = m[2]
+        return out
+
+
+def evaluate_runs(records: Sequence[RunRecord], evaluate: Callable[[RunRecord], object]) -> dict[int, str]:
+    """Evaluate the runs one after the other with `evaluate(record)`; a run refused for an expected reason
+    (`AvsedError`) does not stop the others. Returns the refused runs' one-line reasons by seed; any other error
+    is raised once every run had its turn (the first one, the others' reasons in its message)."""
+    refused: dict[int, str] = {}
+    crashed: list[tuple[int, Exception]] = []
+    for record in records:
+        try:
+            evaluate(record)
+        except AvsedError as exc:
+            refused[record.seed] = str(exc)
+        except Exception as exc:  # noqa: BLE001 - raised below, after the unit's other runs
+            crashed.append((record.seed, exc))
+    if crashed:
+        seed, first = crashed[0]
+        if len(crashed) > 1 or refused:
+            others = "; ".join([f"seed{s}: {type(e).__name__}: {e}" for s, e in crashed[1:]] +
+                               [f"seed{s}: {m}" for s, m in refused.items()])
+            raise RuntimeError(f"seed{seed}: {type(first).__name__}: {first} (and {others})") from first
+        raise first
+    return refused
 
 
 def summary_of(paper: PaperRun) -> dict:

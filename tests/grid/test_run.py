@@ -1,6 +1,8 @@
 """The grid's orchestration without training (a fake executor, run directories read by a stub): at most `window`
-units in flight over a paper-sized grid, every run trained once and evaluated once, a lost unit submitted again,
-a refused one failing as one line while the rest goes on; and the run directories' claims."""
+units in flight over a paper-sized grid, every run trained once and evaluated once (one evaluation unit per seed
+group), a lost unit submitted again, a refused one failing as one line while the rest goes on, a refused run of an
+evaluation unit failing as one line of its own; a flow run stuck before it starts given up on; and the run
+directories' claims."""
 
 from __future__ import annotations
 
@@ -45,6 +47,11 @@ class FakePool:
             return [(handle, Outcome("done"))]
         if fate == "refused":
             return [(handle, Outcome("refused", "RunMismatch: the run holds another config"))]
+        if isinstance(fate, dict):  # an evaluation unit: these runs refused, the others evaluated
+            for s in unit.seeds:
+                if s not in fate:
+                    self.reader.evaluated_runs.add((unit.entry.key, s))
+            return [(handle, Outcome("refused", "; ".join(fate.values()), fate))]
         return [(handle, Outcome("lost", "its worker died"))]
 
 
@@ -70,8 +77,10 @@ def test_a_paper_sized_grid_keeps_at_most_window_units_in_flight(tmp_path):
     pool = FakePool(reader)
     paper = run_grid(_spec(tmp_path), entries, [], seeds, pool, window=8, reader=reader, log=lambda line: None)
     assert len(entries) * len(seeds) == 360
-    assert 1 < pool.most <= 8  # the window, not 378 flow runs at once
-    assert len(pool.submitted) == len(entries) + 360 == len(set(pool.submitted))  # each unit once
+    assert 1 < pool.most <= 8  # the window, not 36 flow runs at once
+    # each unit once: a training unit and an evaluation unit per model (its 20 seeds), not one per run
+    assert len(pool.submitted) == 2 * len(entries) == len(set(pool.submitted))
+    assert f"evaluate-{entries[0].key}-seed{'+'.join(map(str, seeds))}" in pool.submitted
     assert paper.trained_runs == paper.evaluated_runs == 360 and not paper.failed and not paper.requeued
     assert "| transformer-logmel-none | 0 | 0 | 0 | 0 | 20 | 0 |" in (tmp_path / REPORT).read_text()
 
@@ -97,6 +106,115 @@ def test_a_lost_unit_is_submitted_again_and_a_refused_one_fails_as_one_line(tmp_
     assert paper.evaluated_runs == 4  # the two good models' runs
     report = (tmp_path / REPORT).read_text()
     assert f"| {bad} | 0 | 0 | 0 | 0 | 0 | 2 |" in report and "## Failed (one line each)" in report
+
+
+def test_an_evaluation_unit_refusing_one_run_fails_that_run_in_one_line_and_groups_follow_group_size(tmp_path):
+    entries = paper_grid(["conformer"], [], learned_modes=())  # audio only
+    key = entries[0].key
+
+    def fate(unit, attempt):
+        if unit.kind == "evaluate" and 1 in unit.seeds:
+            return {1: "EvaluationError: seed 1's checkpoint holds NaN"}
+        if unit.kind == "evaluate" and unit.seeds == (2, 3) and attempt == 0:
+            return "lost"
+        return "done"
+
+    reader = DiskStub()
+    pool = FakePool(reader, fate)
+    paper = run_grid(_spec(tmp_path), entries, [], [0, 1, 2, 3], pool, window=2, group_size=2, reader=reader,
+                     log=lambda line: None)
+    assert pool.submitted == [f"train-{key}-seed0+1", f"train-{key}-seed2+3", f"evaluate-{key}-seed0+1",
+                              f"evaluate-{key}-seed2+3", f"evaluate-{key}-seed2+3"]  # lost once, then done
+    assert paper.failed == [f"evaluate-{key}-seed1: EvaluationError: seed 1's checkpoint holds NaN (not retried)"]
+    assert paper.evaluated_runs == 3 and len(paper.requeued) == 1
+    assert f"| {key} | 0 | 0 | 0 | 0 | 3 | 1 |" in (tmp_path / REPORT).read_text()
+
+
+def test_evaluation_refusals_travel_as_one_line_per_run_through_a_flow_runs_state():
+    from prefect.states import Completed, Crashed, Failed
+
+    from grid.pool import outcome_of
+    from grid.runs import EvaluationsRefused, RunRecord, evaluate_runs
+    from avsed.core.errors import AvsedError
+
+    def evaluate(record):
+        if record.seed == 1:
+            raise AvsedError("no checkpoint of step 60\nsecond line")
+        if record.seed == 3:
+            raise AvsedError("the store lacks openl3")
+
+    records = [RunRecord(None, s, Path(f"seed{s}")) for s in range(4)]
+    refused = evaluate_runs(records, evaluate)
+    error = EvaluationsRefused(refused)
+    assert error.failures == {1: "no checkpoint of step 60", 3: "the store lacks openl3"}
+    state = Failed(message=f"Flow run encountered an exception: EvaluationsRefused: {error}")
+    outcome = outcome_of(state)
+    assert (outcome.state, outcome.runs) == ("refused", error.failures)
+    assert outcome_of(Failed(message="Flow run encountered an exception: RunClaimed: x")).runs == {}
+    assert outcome_of(Crashed(message="exit 137")).state == "lost" and outcome_of(Completed()).state == "done"
+    # an unexpected error in one run: the others still run, then it is raised (the unit is lost, submitted again)
+    seen = []
+
+    def crash(record):
+        seen.append(record.seed)
+        if record.seed == 0:
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        evaluate_runs(records, crash)
+    assert seen == [0, 1, 2, 3]
+
+
+def test_a_flow_run_that_never_starts_is_given_up_on_and_idle_pools_are_reported(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from prefect.states import Pending, Running, Scheduled
+
+    from grid import pool as pool_module
+    from grid.plan import Unit
+
+    clock = [1000.0]
+    monkeypatch.setattr(pool_module.time, "monotonic", lambda: clock[0])
+    lines = []
+    executor = pool_module.PoolExecutor({"train": "train/x", "evaluate": "evaluate/x"}, lease_s=300, start_s=60,
+                                        log=lines.append)
+    entry = paper_grid(["conformer"], [], learned_modes=())[0]
+    unit = Unit("evaluate", entry, (0, 1))
+    for k in ("a", "b"):
+        executor._runs[k] = (unit, _spec(tmp_path))
+
+    def run(k, state):
+        return SimpleNamespace(id=k, name=k, state=state)
+
+    submitting = Pending(name="Submitting")
+    assert executor._stuck(run("a", Scheduled())) is None
+    clock[0] += 100  # Scheduled for 100 s is waiting for a worker, not stuck
+    assert executor._stuck(run("a", Scheduled())) is None and executor._stuck(run("a", submitting)) is None
+    executor._report_idle([run("a", Scheduled())])
+    assert not lines  # "a" is Pending now
+    clock[0] += 61
+    why, state = executor._stuck(run("a", submitting))
+    assert "Submitting for 60 s without starting" in why and state.__name__ == "Cancelling"
+    # Running without ever holding a claim for a whole lease: its worker is gone
+    assert executor._stuck(run("b", Running())) is None
+    clock[0] += 200
+    (tmp_path / "runs" / entry.key / "seed0").mkdir(parents=True)
+    (tmp_path / "runs" / entry.key / "seed0" / "claim.json").write_text(json.dumps(
+        {"flow_run": "b", "host": "elsewhere", "heartbeat": pool_module.time.time()}))
+    assert executor._stuck(run("b", Running())) is None
+    clock[0] += 299
+    (tmp_path / "runs" / entry.key / "seed0" / "claim.json").unlink()  # between two runs of the unit
+    assert executor._stuck(run("b", Running())) is None  # a claim was seen 299 s ago
+    clock[0] += 2
+    why, state = executor._stuck(run("b", Running()))
+    assert "without a claim on its runs" in why and state.__name__ == "Crashed"
+    # every unit in flight Scheduled past the deadline and none running: said once
+    executor._since.clear()
+    executor._stuck(run("a", Scheduled()))
+    clock[0] += 61
+    for _ in range(2):
+        executor._report_idle([run("a", Scheduled())])
+    assert len(lines) == 1 and "is a worker polling" in lines[0]
 
 
 def test_a_unit_lost_every_time_gives_up_after_its_attempts(tmp_path):
