@@ -18,7 +18,6 @@ other runs are evaluated.
 
 from __future__ import annotations
 
-import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
