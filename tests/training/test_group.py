@@ -109,6 +109,7 @@ def _group_argv(store, config_path, out, steps):
             "--out", str(out), "--seeds", "0-2", "--steps", str(steps), "--resume"]
 
 
+@pytest.mark.slow  # end to end: `avsed train` in a fresh process, killed, then resumed
 def test_killed_group_resumes_to_the_uninterrupted_result(tmp_path, synthetic_store):
     """SIGKILL during training (dropout and mixup on), then resume: bit-identical to an uninterrupted group."""
     steps = 12
