@@ -19,7 +19,7 @@ from training.draws import DRAW_CHUNK, BatchSchedule, draw_chunk
 from training.step import base_interpolation_weights, prepared_batch
 from training.train import train
 
-from .conftest import small_config
+from .conftest import small_config, tiny_model
 
 KIND = torch.tensor([0] * 5 + [1] * 3 + [2] * 7)
 TRAIN_KINDS = {"synthetic": "strong", "weak": "weak", "unlabelled": "unlabelled"}
@@ -128,7 +128,8 @@ def test_random_interpolation_weights_are_uniform_per_batch(encoders):
 
 def test_training_uses_the_drawn_weights_and_mixup(tmp_path, synthetic_store):
     """The log's per-step audio weight and mixup flag are the ones the step used: they equal the draws."""
-    config = small_config(["logmel", "openl3"], steps=5, interpolation_weights="random", mixup_rate=0.5, seed=4)
+    config = small_config(["logmel", "openl3"], steps=5, interpolation_weights="random", mixup_rate=0.5, seed=4,
+                          model=tiny_model(dropout=True))
     train(synthetic_store, config, tmp_path / "run")
     log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     kind = load_clips(FeatureStore.open(synthetic_store), list(TRAIN_KINDS), ["logmel"], kinds=TRAIN_KINDS).tensors.kind

@@ -16,23 +16,14 @@ from torch.profiler import ProfilerActivity, profile
 
 from training.checkpoint import CHECKPOINT, PENDING, load_checkpoints, save_checkpoints
 from training.cnn import CNNFrontEnd
-from training.config import CNNConfig, ModelConfig
 from training.train import load_training_data, prepare_group, train, train_group
 
-from .conftest import small_config, steps_without_host_sync
+from .conftest import small_config, steps_without_host_sync, tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]
 # Events of a host round trip in the CPU profiler: reading a tensor's value (item / bool / float), or making a
 # tensor from host data (torch.tensor, from_numpy, as_tensor on numpy or Python numbers all lift_fresh).
 HOST_SYNC_EVENTS = ("aten::_local_scalar_dense", "aten::item", "aten::is_nonzero", "aten::lift_fresh")
-
-
-def tiny_model(architecture: str) -> ModelConfig:
-    # The paper's structure at a tiny width, no dropout: the equality of group and solo is structural. (Not
-    # narrower: a one-channel first block before batch norm has near-cancelling gradients whose rounding
-    # RAdam's normalisation blows up to 1e-5 within 20 steps, even in float64.)
-    return ModelConfig(architecture=architecture, d_model=4, heads=2, d_head=2, ff_dim=8, dropout=0.0,
-                       cnn=CNNConfig(filters=[2, 2, 4, 4, 4, 4, 4], dropout=0.0))
 
 
 def _states(run: Path) -> dict:
@@ -118,6 +109,7 @@ def _group_argv(store, config_path, out, steps):
             "--out", str(out), "--seeds", "0-2", "--steps", str(steps), "--resume"]
 
 
+@pytest.mark.slow  # end to end: `avsed train` in a fresh process, killed, then resumed
 def test_killed_group_resumes_to_the_uninterrupted_result(tmp_path, synthetic_store):
     """SIGKILL during training (dropout and mixup on), then resume: bit-identical to an uninterrupted group."""
     steps = 12

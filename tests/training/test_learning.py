@@ -10,6 +10,10 @@ Scores are frame-level F1 at the best threshold of a grid (0.05 .. 0.95): after 
 varies a lot between runs (the audio-only model's F1 at threshold 0.5 ranged from 0.30 to 0.71 over four runs here,
 which flipped the comparison at 0.5 either way; its best-threshold F1 ranged 0.64 to 0.71 over three), and
 calibration is what the evaluation's tuning settles anyway.
+
+120 steps, not 160: the checks ask for a margin, not convergence. The smallest margin over the three checks and two
+seeds (measured 2026-12-07 on one run, the models of shorter runs being the same trajectory's prefixes) was -0.031
+at 100 steps (fails), 0.012 at 120 and 0.024 at 160; 120 steps cost three quarters of 160.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from training.train import train, train_group
 
 from .conftest import small_config
 
-STEPS = 160
+STEPS = 120
 THRESHOLDS = np.arange(0.05, 0.96, 0.05)
 
 
@@ -44,7 +48,7 @@ def frame_f1(pred, selection: np.ndarray) -> float:
 
 def learning_config(encoders, weights):
     # Short-run settings: a narrower CNN without dropout, lr 3e-3 and a faster teacher (EMA 0.95; with the
-    # paper's 0.999 the teacher hardly leaves its initialisation in 160 steps and the consistency term pulls
+    # paper's 0.999 the teacher hardly leaves its initialisation in 120 steps and the consistency term pulls
     # the student back to it). Everything else as in the paper: attention / feed-forward dropout 0.1, mixup 33%.
     config = small_config(encoders, steps=STEPS, interpolation_weights=weights, batch_strong=8, batch_weak=4,
                           batch_unlabelled=4, log_every=20, learning_rate=3e-3, ema_decay=0.95)

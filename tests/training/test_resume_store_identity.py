@@ -19,7 +19,7 @@ from training.checkpoint import CHECKPOINT
 from avsed.synthetic.stores import SyntheticStoreSpec, build_synthetic_store
 from training.train import load_training_data, resolve_device, train
 
-from .conftest import small_config
+from .conftest import small_config, tiny_model
 
 SPEC = SyntheticStoreSpec(clips={"synthetic": 8, "weak": 8, "unlabelled": 8, "validation": 2, "eval": 2},
                           visual={"openl3": 8}, missing_fraction=0.4, seed=5)
@@ -49,10 +49,10 @@ def _log(run: Path) -> list[dict]:
     return [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow  # ~15-18 s on a shared 2-core machine: two trainings of a small model
+@pytest.mark.slow  # a training, a refused and an accepted resume through the CLI (the tiny model since 2026-12-07)
 def test_resume_on_a_changed_store_refuses_in_one_line_unless_accepted(tmp_path, capsys):
     store, run = _store(tmp_path), tmp_path / "run"
-    config = small_config(("logmel", "openl3"), steps=6)
+    config = small_config(("logmel", "openl3"), steps=6, model=tiny_model())
     train(store, config, run, stop_after=3)
     ckpt = torch.load(run / CHECKPOINT, weights_only=False)
     assert ckpt["store_identity"]["clips"] == 24 and ckpt["store_identity"]["partitions"]["weak"] == 8
@@ -82,7 +82,7 @@ def test_resume_on_a_changed_store_refuses_in_one_line_unless_accepted(tmp_path,
 
 def test_unchanged_store_resumes_silently_and_old_checkpoints_warn(tmp_path, capsys):
     store, run = _store(tmp_path), tmp_path / "run"
-    config = small_config(("logmel", "openl3"), steps=6)
+    config = small_config(("logmel", "openl3"), steps=6, model=tiny_model())
     train(store, config, run, stop_after=2)
     capsys.readouterr()
     train(store, None, run, resume=True, stop_after=4)  # the same store: no word

@@ -20,7 +20,7 @@ from training.models import build_model
 from training.predict import predict
 from training.train import train
 
-from .conftest import small_config, small_model
+from .conftest import small_config, small_model, tiny_model
 
 TRAIN_KINDS = {"synthetic": "strong", "weak": "weak", "unlabelled": "unlabelled"}
 
@@ -155,8 +155,10 @@ def test_loss_terms():
     ("conformer", ["logmel", "openl3", "tce"], [0.5, 0.25, 0.25]),
 ])
 def test_resume_reaches_the_same_parameters(tmp_path, synthetic_store, architecture, encoders, weights):
+    # The tiny model with dropout on (its draws must resume too): resuming is structural, and a step of the
+    # small model cost 10x more.
     config = small_config(encoders, architecture, steps=6, interpolation_weights=weights, mixup_rate=0.5,
-                          lr_decay_every=4)
+                          lr_decay_every=4, model=tiny_model(architecture, dropout=True))
     full = train(synthetic_store, config, tmp_path / "full")
     part = train(synthetic_store, config, tmp_path / "part", stop_after=3)
     assert part.steps == 3
@@ -182,7 +184,8 @@ def test_resume_reaches_the_same_parameters(tmp_path, synthetic_store, architect
 
 
 def test_predict_outputs_and_forced_audio_weight(tmp_path, synthetic_store):
-    config = small_config(["logmel", "openl3"], steps=2, interpolation_weights=[0.5, 0.5])
+    config = small_config(["logmel", "openl3"], steps=2, interpolation_weights=[0.5, 0.5],
+                          model=tiny_model(dropout=True))
     train(synthetic_store, config, tmp_path / "run")
     p = predict(tmp_path / "run", synthetic_store, ["validation", "eval"], device="cpu")
     n = len(p.clip_ids)
@@ -199,7 +202,7 @@ def test_predict_outputs_and_forced_audio_weight(tmp_path, synthetic_store):
     assert not np.allclose(q.frame_probs[p.video_available], p.frame_probs[p.video_available])
     assert np.allclose(q.weights, [1, 0])
     # An audio-only model reports video availability from the store's visual feature.
-    train(synthetic_store, small_config(["logmel"], steps=1), tmp_path / "audio")
+    train(synthetic_store, small_config(["logmel"], steps=1, model=tiny_model(dropout=True)), tmp_path / "audio")
     r = predict(tmp_path / "audio", synthetic_store, ["eval"], device="cpu", video_feature="openl3")
     assert r.video_available.sum() == store.present("openl3")[[store.clip_index()[c] for c in r.clip_ids]].sum()
 
@@ -207,7 +210,7 @@ def test_predict_outputs_and_forced_audio_weight(tmp_path, synthetic_store):
 def test_cli_trains_extends_and_refuses_changed_config(tmp_path, synthetic_store, capsys):
     from avsed.cli import main
 
-    cfg = small_config(["logmel", "openl3"], steps=2)
+    cfg = small_config(["logmel", "openl3"], steps=2, model=tiny_model(dropout=True))
     cfg.save(tmp_path / "c.yaml")
     argv = ["train", "--store", str(synthetic_store), "--config", str(tmp_path / "c.yaml"), "--out",
             str(tmp_path / "run"), "--resume", "--device", "cpu"]
@@ -237,7 +240,7 @@ def test_cli_trains_extends_and_refuses_changed_config(tmp_path, synthetic_store
 def test_resume_and_predict_refuse_features_made_differently(tmp_path, synthetic_store):
     import shutil
 
-    config = small_config(["logmel", "openl3"], steps=2)
+    config = small_config(["logmel", "openl3"], steps=2, model=tiny_model(dropout=True))
     train(synthetic_store, config, tmp_path / "run", stop_after=1)
     other = tmp_path / "other.zarr"
     shutil.copytree(synthetic_store, other)
@@ -261,7 +264,7 @@ def test_predict_use_teacher_scores_the_teachers_weights(tmp_path, synthetic_sto
 
     # A fast teacher and learning rate, so student and teacher differ clearly after 3 steps.
     config = small_config(["logmel", "openl3"], steps=3, interpolation_weights=[0.75, 0.25], learning_rate=1e-2,
-                          ema_decay=0.5)
+                          ema_decay=0.5, model=tiny_model(dropout=True))
     train(synthetic_store, config, tmp_path / "run")
     student = predict(tmp_path / "run", synthetic_store, ["eval"], device="cpu")
     teacher = predict(tmp_path / "run", synthetic_store, ["eval"], device="cpu", use_teacher=True)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -44,6 +45,7 @@ def test_merge_settings_is_key_by_key():
     assert merged.interpolation_weights == [0.75, 0.25]
 
 
+@pytest.mark.slow  # end to end: the flow through a temporary Prefect server in a fresh process
 def test_train_flow_through_prefect_trains_the_seeds_together(tmp_path, synthetic_store):
     overrides = {"model": {"d_model": 8, "heads": 2, "d_head": 4, "ff_dim": 16,
                            "cnn": {"filters": [2, 2, 4, 8, 8, 8, 8], "dropout": 0.0}},
