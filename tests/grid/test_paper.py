@@ -62,6 +62,7 @@ def test_grid_is_the_papers_tables():
         paper_grid(["conformer"], ["openl3"], learned_modes=("video",))
 
 
+@pytest.mark.slow  # end to end: trains, evaluates and tabulates a grid, then reruns it through Prefect
 def test_paper_command_writes_every_table_and_a_rerun_trains_nothing(tmp_path, synthetic_store, capsys):
     """One architecture at toy sizes (the grid test above covers both; the tables are checked with both below)."""
     from avsed.cli import main
