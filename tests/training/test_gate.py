@@ -222,7 +222,8 @@ def test_video_dropout_trains_the_audio_only_path(synthetic_store, dropout, visu
     assert "cnn.blocks.0.0.weight" in moved  # the audio path trains either way
 
 
-@pytest.mark.parametrize("mode,seeds", [("clip", [0, 1]), ("frame", [0, 1]), ("clip", [0])])
+@pytest.mark.parametrize("mode,seeds", [("clip", [0, 1]), pytest.param("frame", [0, 1], marks=pytest.mark.slow),
+                                        ("clip", [0])])  # the per-frame gate's group: full suite
 def test_learned_weights_step_makes_no_host_round_trip(synthetic_store, mode, seeds):
     config = _learned_config(mode, steps=10, mixup_rate=0.5).resolved("cpu")
     config.model.dropout = config.model.cnn.dropout = 0.1

@@ -37,9 +37,11 @@ def _max_difference(a: dict, b: dict) -> float:
 
 @pytest.mark.parametrize("architecture,encoders,mixup,per_kind", [
     ("transformer", ["logmel"], 0.0, 1),
-    ("conformer", ["logmel"], 0.0, 1),
+    # the conformer cases cost 20-30 s each: the full suite's (the fast tier keeps the transformer's)
+    pytest.param("conformer", ["logmel"], 0.0, 1, marks=pytest.mark.slow),
     ("transformer", ["logmel", "openl3", "tce"], 0.0, 1),
-    ("conformer", ["logmel", "openl3", "tce"], 0.5, 2),  # mixup on too (2 clips per kind to have partners)
+    pytest.param("conformer", ["logmel", "openl3", "tce"], 0.5, 2,  # mixup on too (2 clips per kind to have partners)
+                 marks=pytest.mark.slow),
 ])
 def test_each_seed_of_a_group_equals_the_seed_trained_alone(tmp_path, synthetic_store, architecture, encoders, mixup,
                                                             per_kind):
@@ -188,7 +190,7 @@ def _count(prof, names) -> dict[str, int]:
     return counts
 
 
-@pytest.mark.parametrize("seeds", [[0], [0, 1]])
+@pytest.mark.parametrize("seeds", [[0], pytest.param([0, 1], marks=pytest.mark.slow)])  # a group: full suite
 def test_steady_state_step_makes_no_host_round_trip(synthetic_store, seeds):
     """Dropout, mixup and random weights on; a step that is neither a log nor a chunk-boundary step."""
     config = small_config(["logmel", "openl3", "tce"], "conformer", steps=10, model=tiny_model("conformer"),
