@@ -1,5 +1,5 @@
-"""Shared fixtures for end-to-end extraction: a small synthetic DESED set served on 127.0.0.1, and Prefect homes
-and an API server that tests share instead of each paying a server's first start."""
+"""Shared fixtures for end-to-end extraction: a small synthetic DESED set served on 127.0.0.1, the reference
+extraction, and Prefect homes that tests copy instead of each paying a server's first start."""
 
 from __future__ import annotations
 
@@ -116,26 +116,3 @@ def prefect_home(template: Path, dst: Path) -> Path:
     """A copy of `template` at `dst`, to be a test's PREFECT_HOME."""
     shutil.copytree(template, dst, ignore=shutil.ignore_patterns(_READY, "*-shm"))
     return dst
-
-
-@pytest.fixture(scope="session")
-def prefect_api(prefect_home_template, tmp_path_factory) -> str:
-    """PREFECT_API_URL of one Prefect API server (Prefect's temporary server, started as flows.local_api does) for
-    the tests whose flow runs need an API but whose subject is not its start-up."""
-    from flows.local_api import LocalApiServer
-
-    home = prefect_home(prefect_home_template, tmp_path_factory.mktemp("prefect-api") / "prefect-home")
-    saved = {k: os.environ.get(k) for k in ("PREFECT_HOME", "PREFECT_SERVER_ANALYTICS_ENABLED")}
-    os.environ.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    try:
-        server = LocalApiServer(startup_timeout=300).start()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    try:
-        yield server.api_url
-    finally:
-        server.stop()

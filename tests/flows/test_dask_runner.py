@@ -1,9 +1,4 @@
-"""The extract-features flow with its tasks on an existing dask.distributed scheduler (DaskTaskRunner), via the CLI.
-
-The flow runs report to the session's Prefect API server (tests/flows/conftest.py) instead of each starting one of
-their own. Each test has a cluster of its own: with one cluster for the module (its worker warm from the first
-test) the one-download cap test saw two requests in flight twice in two runs (it did once in two with a fresh
-cluster, on a loaded machine): a race to look into, not to hide behind a shared fixture."""
+"""The extract-features flow with its tasks on an existing dask.distributed scheduler (DaskTaskRunner), via the CLI."""
 
 from __future__ import annotations
 
@@ -25,17 +20,14 @@ from tests.flows.conftest import copy_set, extract_config
 pytestmark = pytest.mark.slow
 
 
-def cli_env(tmp_path, api_url: str) -> dict[str, str]:
-    """The CLI's environment: its flow run reports to `api_url` (the session's server)."""
-    return {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api_url,
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
-
-
-def test_flow_on_a_dask_cluster_matches_the_in_process_run(reference_run, prefect_api, tmp_path):
+def test_flow_on_a_dask_cluster_matches_the_in_process_run(reference_run, tmp_path):
     ref_data, ref_cfg, _ = reference_run
     data = copy_set(ref_data, tmp_path / "data")
     store = tmp_path / "features.zarr"
-    env = cli_env(tmp_path, prefect_api)
+    # A fresh process: its Prefect flow run gets its own temporary API server (one per process).
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DO_NOT_TRACK": "1", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+    env.pop("PREFECT_API_URL", None)
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster, \
             VideoServer(data / "videos") as videos:
         cfg = extract_config(data, store, videos.url_template)
@@ -57,7 +49,7 @@ def test_flow_on_a_dask_cluster_matches_the_in_process_run(reference_run, prefec
                                    rtol=1e-2, atol=1e-3, err_msg=name)
 
 
-def test_one_download_cap_for_the_whole_run_across_dask_shard_tasks(reference_run, prefect_api, tmp_path):
+def test_one_download_cap_for_the_whole_run_across_dask_shard_tasks(reference_run, tmp_path):
     """Three shard tasks at once on the cluster, each with its own download session, and download.concurrency 1:
     the host never sees more than one request at a time (a cluster-wide semaphore, not one cap per task)."""
     ref_data, ref_cfg, _ = reference_run
@@ -66,7 +58,9 @@ def test_one_download_cap_for_the_whole_run_across_dask_shard_tasks(reference_ru
     ids = [p.stem for p in (data / "videos").glob("*.mp4")]
     # every answer waits: overlapping downloads of different shards would be seen by the host
     (data / "videos" / "answers.json").write_text(json.dumps({i: [{"delay_seconds": 0.5}] * 6 for i in ids}))
-    env = cli_env(tmp_path, prefect_api)
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DO_NOT_TRACK": "1", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+    env.pop("PREFECT_API_URL", None)
     with LocalCluster(n_workers=1, threads_per_worker=3, processes=True, dashboard_address=None) as cluster, \
             VideoServer(data / "videos") as videos:
         cfg = extract_config(data, store, videos.url_template, features=("logmel", "openl3"), shards_in_flight=3,
