@@ -20,7 +20,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None) -> None:
+def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None,
+             interval: float = 0.1) -> None:
     """Poll `predicate()` (exceptions count as not yet) until true; fail naming `what` on timeout or when `proc`
     exits first."""
     deadline = time.time() + timeout
@@ -32,7 +33,7 @@ def wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None
                 return
         except Exception:
             pass
-        time.sleep(0.5)
+        time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}")
 
 

@@ -44,6 +44,7 @@ def test_every_subcommand_has_help_on_every_flag():
                 assert action.help, f"avsed {name} {action.option_strings or action.dest}: no help text"
 
 
+@pytest.mark.slow  # end to end: a synthetic set extracted and a model trained through the CLI
 def test_synth_extract_status_train_from_argv(tmp_path, synthetic_store, capsys):  # noqa: F811
     data = tmp_path / "desed"
     assert cli.main(["synth", str(data), "--clips", "6", "--seed", "2", "--missing-fraction", "0"]) == 0
@@ -168,7 +169,12 @@ def test_debug_shows_the_traceback(tmp_path):
         cli.main(["--debug", *argv])
     with pytest.raises(AvsedError, match="nothing.zarr"):
         cli.main([*argv, "--debug"])
+
+
+@pytest.mark.slow  # a new interpreter that imports torch
+def test_debug_shows_the_traceback_on_stderr(tmp_path):
     # as a user sees it: the traceback on stderr
+    argv = ["train", "--store", str(tmp_path / "nothing.zarr"), "--out", str(tmp_path / "run"), "--steps", "1"]
     run = subprocess.run([sys.executable, "-m", "avsed.cli", *argv, "--debug"], cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 1 and "Traceback (most recent call last)" in run.stderr

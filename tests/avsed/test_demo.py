@@ -6,13 +6,19 @@ import json
 import os
 import subprocess
 import sys
+
+import pytest
+
 from pipeline.ledger import Ledger
 from avsed.core.store import FeatureStore
+from tests.flows.conftest import prefect_home, prefect_home_template  # noqa: F401 - the session fixture, shared
 
 
-def test_quick_demo_produces_every_stage_output(tmp_path):
-    # A fresh process, as a user runs it: its Prefect flow runs get their own temporary API server.
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home")}
+@pytest.mark.slow  # the whole demo: data, extraction, four models trained and evaluated, rerun, detect
+def test_quick_demo_produces_every_stage_output(prefect_home_template, tmp_path):  # noqa: F811
+    # A fresh process, as a user runs it: its Prefect flow runs get their own temporary API server (on a Prefect
+    # home whose database is already migrated: a first start is tests/flows/test_prefect_in_process.py's subject).
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home(prefect_home_template, tmp_path / "prefect-home"))}
     env.pop("PREFECT_API_URL", None)
     out = tmp_path / "demo"
     run = subprocess.run([sys.executable, "-m", "avsed.cli", "demo", "--quick", "--out", str(out)], env=env,

@@ -126,6 +126,34 @@ def run_child(config_dict: dict, tmp: Path, kill_after: int | None = None, delay
     return proc.exitcode, result.read_text() if result.exists() else ""
 
 
+def _event_child(config_dict: dict, event: str, k: int) -> None:
+    from pipeline.extract import ExtractConfig, run_extraction
+
+    seen = []
+
+    def observer(name, details):
+        # `written` counts the video stage's shard writes only (log-mel shards are written before the videos start)
+        if name == event and (name != "written" or details["stage"].startswith("video")):
+            seen.append(name)
+            if len(seen) >= k:
+                os._exit(KILLED)  # as abrupt as SIGKILL: no cleanup, no flush
+
+    run_extraction(ExtractConfig.from_dict(config_dict), progress=False, observer=observer)
+    os._exit(0)
+
+
+def run_killed_at_event(config_dict: dict, event: str, k: int) -> int:
+    """Run one extraction in a forked child (torch at its default threads, as in a new interpreter) that dies like a
+    SIGKILL at the k-th `event` its observer sees; returns the child's exit code."""
+    proc = context().Process(target=_event_child, args=(config_dict, event, k))
+    proc.start()
+    proc.join(600)
+    if proc.is_alive():
+        proc.kill()
+        raise AssertionError("the extraction child did not finish in 600 s")
+    return proc.exitcode
+
+
 # --- a tiny DESED-shaped data set: fast enough to run an extraction per write -------------------------------
 
 def write_tiny_desed(root: Path, weak: dict[str, str], strong: dict[str, list[tuple[float, float, str]]],

@@ -8,12 +8,16 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import yaml
 from distributed import LocalCluster
 
 from avsed.synthetic.video_host import VideoServer
 from avsed.core.store import FeatureStore
 from tests.flows.conftest import copy_set, extract_config
+
+# end to end (a Dask cluster, the CLI, a Prefect flow run): the full suite's, not the fast tier's
+pytestmark = pytest.mark.slow
 
 
 def test_flow_on_a_dask_cluster_matches_the_in_process_run(reference_run, tmp_path):

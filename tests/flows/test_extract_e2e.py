@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -19,6 +18,10 @@ from avsed.synthetic.video_host import VideoServer
 from pipeline.status import store_status
 from avsed.core.store import FeatureStore
 from tests.flows.conftest import copy_set, extract_config
+from tests.flows.faults import KILLED, run_killed_at_event
+
+# end to end (every test reads the session's reference extraction): the full suite's, not the fast tier's
+pytestmark = pytest.mark.slow
 
 
 def truth(data: Path) -> dict[str, dict[str, str]]:
@@ -156,24 +159,6 @@ def _arrays(store_path: Path) -> dict[str, np.ndarray]:
     return {name: np.asarray(arr[:]) for name, arr in store.group.arrays()}
 
 
-_KILL_CHILD = """
-import json, os, sys
-from pipeline.extract import ExtractConfig, run_extraction
-
-config, event, k = json.loads(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-seen = []
-
-def observer(name, details):
-    # `written` counts the video stage's shard writes only (log-mel shards are written before the videos start)
-    if name == event and (name != "written" or details["stage"].startswith("video")):
-        seen.append(name)
-        if len(seen) >= k:
-            os._exit(137)  # as abrupt as SIGKILL: no cleanup, no flush
-
-run_extraction(ExtractConfig.from_dict(config), progress=False, observer=observer)
-"""
-
-
 @pytest.mark.parametrize("event,k", [("downloaded", 1), ("embedded", 1), ("written", 1)],
                          ids=["mid-download", "mid-embed", "mid-write"])
 def test_killed_run_resumes_to_the_same_store(reference_run, tmp_path, event, k):
@@ -185,9 +170,9 @@ def test_killed_run_resumes_to_the_same_store(reference_run, tmp_path, event, k)
     total = int(FeatureStore.open(ref_cfg.store).present("openl3").sum())
     with VideoServer(data / "videos") as server:
         cfg = extract_config(data, store_path, server.url_template)
-        child = subprocess.run([sys.executable, "-c", _KILL_CHILD, json.dumps(cfg.to_dict()), event, str(k)],
-                               capture_output=True, text=True, timeout=600)
-        assert child.returncode == 137, child.stderr[-3000:]
+        # a child forked from a server that has imported the extraction (tests/flows/faults.py): no interpreter
+        # start with torch per kill
+        assert run_killed_at_event(cfg.to_dict(), event, k) == KILLED
         killed_with = int(FeatureStore.open(store_path).present("openl3").sum())
         assert killed_with < total  # killed mid-run, not after it
         if event != "written":

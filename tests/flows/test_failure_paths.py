@@ -25,6 +25,9 @@ from avsed.synthetic.dataset import SynthConfig, make_synthetic_dataset
 from avsed.synthetic.failures import ALL_FAILURE_CASES, REMOVED_LIST, REMOVED_STATUS
 from tests.pipeline.extracted_store import small_extract_config
 
+# end to end (three extractions with yt-dlp downloads): the full suite's, not the fast tier's
+pytestmark = pytest.mark.slow
+
 # Five ordinary clips (one per partition) beside the failure cases keep three runs short.
 SYNTH = SynthConfig(clips=5, seed=2, missing_fraction=0.0, still_fraction=0.0, black_fraction=0.0,
                     short_clip_fraction=0.0, offset_fraction=0.0, failure_cases=ALL_FAILURE_CASES)

@@ -18,9 +18,12 @@ import pytest
 import yaml
 
 from avsed.core.store import FeatureStore
-from avsed.synthetic.video_host import VideoServer
 from avsed.synthetic.processes import BIN, free_port, stop_group, wait_for  # noqa: F401 (test_paper_pool)
-from tests.flows.conftest import copy_set, extract_config
+from avsed.synthetic.video_host import VideoServer
+from tests.flows.conftest import copy_set, extract_config, prefect_home
+
+# end to end (a Prefect server, deployments, workers): the full suite's, not the fast tier's
+pytestmark = pytest.mark.slow
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,10 +31,13 @@ UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}
 
 
 @pytest.fixture(scope="module")
-def prefect_env(tmp_path_factory):
+def prefect_env(tmp_path_factory, prefect_home_template):
+    """`prefect server start` on a copy of the session's migrated Prefect home (the server's first start on an empty
+    one, migrations and all, is not what this module tests)."""
     tmp_path = tmp_path_factory.mktemp("prefect-server")
     port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"),
+    home = prefect_home(prefect_home_template, tmp_path / "prefect-home")
+    env = {**os.environ, "PREFECT_HOME": str(home),
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "DO_NOT_TRACK": "1", "PREFECT_RUNNER_POLL_FREQUENCY": "1", "PREFECT_WORKER_QUERY_SECONDS": "1",
            "PREFECT_LOGGING_LEVEL": "WARNING"}
@@ -81,10 +87,8 @@ def test_deployment_run_completes_and_matches_in_process_run(prefect_env, refere
     serving = subprocess.Popen([str(BIN / "avsed"), "serve", "--name", "ci"], env=env, stdout=serve_log,
                                stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        def deployment_exists() -> bool:
-            out = subprocess.run([str(BIN / "prefect"), "deployment", "inspect", "extract-features/ci"], env=env,
-                                 capture_output=True, text=True, timeout=60)
-            return out.returncode == 0
+        def deployment_exists() -> bool:  # what `prefect deployment inspect extract-features/ci` asks the API
+            return api_get(env["PREFECT_API_URL"], "/deployments/name/extract-features/ci")["name"] == "ci"
         wait_for(deployment_exists, 120, "deployment extract-features/ci", serving)
         with VideoServer(data / "videos") as videos:
             cfg = extract_config(data, store, videos.url_template)

@@ -12,21 +12,28 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
 from avsed.synthetic.video_host import VideoServer
-from tests.flows.conftest import copy_set
+from tests.flows.conftest import copy_set, prefect_home
 from tests.training.conftest import synthetic_store  # noqa: F401 - the session fixture, shared
 from training.checkpoint import CHECKPOINT
+
+# end to end (the CLI in a process of its own with a Prefect API server): the full suite's, not the fast tier's
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVER_MODULE = "prefect.server.api.server"
 
 
-def fresh_env(tmp_path: Path) -> dict[str, str]:
-    """A new PREFECT_HOME and no API: the run starts its own local server. Nothing else is set, so the run's own
-    defaults (flows.in_process_defaults) are what is tested."""
+def fresh_env(tmp_path: Path, template: Path | None = None) -> dict[str, str]:
+    """A new PREFECT_HOME (a copy of `template`, whose database is migrated already, when given) and no API: the
+    run starts its own local server. Nothing else is set, so the run's own defaults (flows.in_process_defaults) are
+    what is tested."""
+    if template is not None:
+        prefect_home(template, tmp_path / "prefect-home")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.pop("DO_NOT_TRACK", None)
     env.update({"PREFECT_HOME": str(tmp_path / "prefect-home"), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
@@ -74,14 +81,14 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_a_killed_in_process_run_leaves_no_prefect_server(synth_set, tmp_path):
+def test_a_killed_in_process_run_leaves_no_prefect_server(synth_set, prefect_home_template, tmp_path):
     data = copy_set(synth_set, tmp_path / "data")
     # every video answer waits 5 s: the run is still downloading when it is killed
     ids = [p.stem for p in (data / "videos").glob("*.mp4")]
     (data / "videos" / "answers.json").write_text(json.dumps({i: [{"delay_seconds": 5}] * 3 for i in ids}))
     with VideoServer(data / "videos") as videos:
         run = subprocess.Popen(extract_argv(data, tmp_path / "features.zarr", "logmel,openl3", videos.url_template),
-                               cwd=ROOT, env=fresh_env(tmp_path), stdout=subprocess.DEVNULL,
+                               cwd=ROOT, env=fresh_env(tmp_path, prefect_home_template), stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
         try:
             servers: list[int] = []
@@ -126,7 +133,8 @@ print("RESULT " + json.dumps({"results": results, "tasks": [t.name for t in task
 """
 
 
-def test_train_flow_keeps_the_files_conformer_under_a_d_model_override(synthetic_store, tmp_path):  # noqa: F811
+def test_train_flow_keeps_the_files_conformer_under_a_d_model_override(synthetic_store, prefect_home_template,  # noqa: F811
+                                                                       tmp_path):
     """`config_file: configs/conformer_bi_openl3.yaml` with `config: {"model": {"d_model": 32}}` trains a
     conformer of width 32 (a section replaced whole would train the default transformer)."""
     config = {"model": {"d_model": 32, "heads": 2, "d_head": 8, "ff_dim": 32, "cnn": {"filters": [4, 4, 8, 8, 8, 8, 8]}},
@@ -134,7 +142,8 @@ def test_train_flow_keeps_the_files_conformer_under_a_d_model_override(synthetic
               "device": "cpu", "progress": False, "log_every": 1}
     args = {"store": str(synthetic_store), "out_dir": str(tmp_path / "run"), "config": config,
             "config_file": str(ROOT / "configs" / "conformer_bi_openl3.yaml")}
-    run = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(args)], cwd=ROOT, env=fresh_env(tmp_path),
+    run = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps(args)], cwd=ROOT,
+                         env=fresh_env(tmp_path, prefect_home_template),
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "Traceback" not in run.stdout + run.stderr

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from pipeline.ledger import Ledger
 from avsed.synthetic.video_host import ANSWERS_FILE, ANSWERS_STATE_FILE, VideoServer, VideoServerProcess
 from avsed.core.store import FeatureStore
 from avsed.synthetic.dataset import SynthConfig, make_synthetic_dataset
+from tests.flows.conftest import prefect_home
 from tests.pipeline.extracted_store import small_extract_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -43,14 +45,14 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def _start_extract(data: Path, store: Path, template: str, tmp: Path, engine: str) -> subprocess.Popen:
+def _start_extract(data: Path, store: Path, template: str, tmp: Path, engine: str, home: Path) -> subprocess.Popen:
     config = {"features": ["logmel", VIDEO], "allow_random_weights": True, "frame_size": 64, "batch_clips": 4,
               "decode_workers": 1, "extractor_configs": {VIDEO: {"input_size": 64}},
               "download": {"url_template": template, "retries": 0, "fragment_retries": 0, "socket_timeout": 10.0,
                            "concurrency": 2}}
     (tmp / "extract.json").write_text(json.dumps(config))
-    # The Prefect engine on a fresh PREFECT_HOME starts its own temporary API server (a child of the run)
-    env = {**os.environ, "PREFECT_HOME": str(tmp / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    # The Prefect engine without an API starts its own temporary API server (a child of the run)
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": "1"}
     env.pop("PREFECT_API_URL", None)
     return subprocess.Popen(
@@ -72,11 +74,20 @@ def _group_gone(pgid: int, seconds: float = 15.0) -> bool:
     return False
 
 
-@pytest.fixture()
-def slow_host(tmp_path):
-    """A synthetic set whose host answers every request after a second (the run is downloading when Ctrl-C comes)."""
-    data = tmp_path / "data"
+@pytest.fixture(scope="module")
+def synth_signals(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("signals") / "data"
     make_synthetic_dataset(data, SYNTH, progress=False)
+    return data
+
+
+@pytest.fixture()
+def slow_host(synth_signals, prefect_home_template, tmp_path):
+    """A synthetic set whose host answers every request after a second (the run is downloading when Ctrl-C comes),
+    and a Prefect home for the run (its database migrated already: the server's first start is not the subject)."""
+    data = tmp_path / "data"
+    shutil.copytree(synth_signals, data)
+    prefect_home(prefect_home_template, tmp_path / "prefect-home")
     ids = _video_ids(data)
     (data / "videos" / ANSWERS_FILE).write_text(json.dumps({v: [{"delay_seconds": 1.0}] for v in ids.values()}))
     return data, ids
@@ -84,7 +95,7 @@ def slow_host(tmp_path):
 
 def _interrupt(data: Path, store: Path, tmp: Path, times: int, engine: str) -> tuple[int, str]:
     with VideoServerProcess(data / "videos") as server:
-        proc = _start_extract(data, store, server.url_template, tmp, engine)
+        proc = _start_extract(data, store, server.url_template, tmp, engine, tmp / "prefect-home")
         children: list[psutil.Process] = []
         try:
             until = time.monotonic() + 240
