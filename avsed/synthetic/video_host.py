@@ -140,6 +140,10 @@ class _HostState:
         self._log: deque[dict] = deque(maxlen=REQUEST_LOG_SIZE)
         self._in_flight = 0
         self._max_in_flight = 0
+        # per video: one download may open a second connection (ffmpeg's range request) while the host still
+        # finishes the first; a cap on downloads is judged by how many videos are open at once
+        self._open: Counter[str] = Counter()
+        self._max_videos_in_flight = 0
         self._answers: dict[str, list[dict]] = {}
         self._answers_key: tuple | None = None
         self._reload_answers()  # a malformed answers.json is refused at start, not at the first request
@@ -183,15 +187,20 @@ class _HostState:
                               "range": handler.headers.get("Range"), "cookie": handler.headers.get("Cookie")})
             self._in_flight += 1
             self._max_in_flight = max(self._max_in_flight, self._in_flight)
+            self._open[video_id] += 1
+            self._max_videos_in_flight = max(self._max_videos_in_flight, len(self._open))
 
-    def end(self) -> None:
+    def end(self, video_id: str) -> None:
         with self._lock:
             self._in_flight -= 1
+            self._open[video_id] -= 1
+            if not self._open[video_id]:
+                del self._open[video_id]
 
     def snapshot(self) -> dict:
         with self._lock:
             return {"counts": dict(self._counts), "log": list(self._log), "in_flight": self._in_flight,
-                    "max_in_flight": self._max_in_flight}
+                    "max_in_flight": self._max_in_flight, "max_videos_in_flight": self._max_videos_in_flight}
 
 
 def _playability_error(reason: str, subreason: str | dict, status: str = "ERROR") -> dict:
@@ -213,6 +222,7 @@ def _handler(state: _HostState) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
         server_version = "avsed-video-server"
         _in_flight = False  # this request is in the host's in-flight count
+        _video_id = ""  # the video it counts for
         _hold_headers = False  # the headers wait for the first bytes of the body (see `_write`)
 
         def log_message(self, format, *args):  # noqa: A002 - quiet: tests and the demo read their own output
@@ -223,7 +233,7 @@ def _handler(state: _HostState) -> type[BaseHTTPRequestHandler]:
             client that has its whole answer never finds the server still counting it."""
             if self._in_flight:
                 self._in_flight = False
-                state.end()
+                state.end(self._video_id)
 
         def flush_headers(self) -> None:
             if not self._hold_headers:
@@ -280,7 +290,7 @@ def _handler(state: _HostState) -> type[BaseHTTPRequestHandler]:
                 self._error(500, str(exc))
                 return
             state.begin(video_id, self)
-            self._in_flight = True
+            self._in_flight, self._video_id = True, video_id
             try:
                 if answer.get("delay_seconds"):
                     state.stopping.wait(float(answer["delay_seconds"]))
@@ -470,6 +480,12 @@ class _Served:
     def max_in_flight(self) -> int:
         """The most requests for videos or player responses that were open at the same time."""
         return int(self._stats()["max_in_flight"])
+
+    @property
+    def max_videos_in_flight(self) -> int:
+        """The most distinct videos with a request open at the same time (a download cap's measure: one download
+        may overlap its own requests, e.g. ffmpeg's range request while the host finishes the first)."""
+        return int(self._stats()["max_videos_in_flight"])
 
     def start(self):
         raise NotImplementedError
