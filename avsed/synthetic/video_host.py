@@ -221,8 +221,7 @@ def _handler(state: _HostState) -> type[BaseHTTPRequestHandler]:
     class VideoHandler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "avsed-video-server"
-        _in_flight = False  # this request is in the host's in-flight count
-        _video_id = ""  # the video it counts for
+        _counted: str | None = None  # the video this request counts for in the host's in-flight count, while it does
         _hold_headers = False  # the headers wait for the first bytes of the body (see `_write`)
 
         def log_message(self, format, *args):  # noqa: A002 - quiet: tests and the demo read their own output
@@ -231,9 +230,9 @@ def _handler(state: _HostState) -> type[BaseHTTPRequestHandler]:
         def _done(self) -> None:
             """The request leaves the in-flight count; called just before its last byte goes out, so that a
             client that has its whole answer never finds the server still counting it."""
-            if self._in_flight:
-                self._in_flight = False
-                state.end(self._video_id)
+            if self._counted is not None:
+                state.end(self._counted)
+                self._counted = None
 
         def flush_headers(self) -> None:
             if not self._hold_headers:
@@ -290,7 +289,7 @@ def _handler(state: _HostState) -> type[BaseHTTPRequestHandler]:
                 self._error(500, str(exc))
                 return
             state.begin(video_id, self)
-            self._in_flight, self._video_id = True, video_id
+            self._counted = video_id
             try:
                 if answer.get("delay_seconds"):
                     state.stopping.wait(float(answer["delay_seconds"]))
