@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 
 import pytest
 from yt_dlp.networking import Response
@@ -20,6 +19,7 @@ from pipeline.frames import VideoError, decode_frames
 from avsed.core.labels import ClipTiming
 from avsed.core.manifest import parse_clip_name
 from avsed.synthetic.video_host import VideoServer
+from avsed.synthetic.processes import free_port
 from tests.pipeline import videos
 
 TIMING = ClipTiming()
@@ -137,9 +137,7 @@ def test_unavailable_videos_are_classified(config, tmp_path, youtube_id, status,
 
 
 def test_connection_refused_is_transient(tmp_path):
-    with socket.socket() as s:  # a port that was free a moment ago and has no listener now
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # free a moment ago, no listener now
     name, seg = _clip(LONG, 0.0, 10.0)
     cfg = DownloadConfig(url_template=f"http://127.0.0.1:{port}/{{youtube_id}}.mp4", retries=0)
     result = download_clip(name, seg, tmp_path, cfg)
