@@ -6,7 +6,8 @@ statistics; where the run has a visual stream and the file a picture, the frames
 per batch of windows at the store's rate and size, embedded once, rounded through the store's dtype and
 standardised as training reads them). A window with no valid frame takes the audio-only path (availability 0,
 audio weight 1: training/fusion.resolve_weights), as a clip without video does in training. Windows go through
-the model in batches; frame probabilities are averaged over overlapping windows, then thresholded and
+the model in batches; frame probabilities are averaged over overlapping windows (weighted towards each window's
+middle, detection/windows.py), then thresholded and
 median-filtered as `avsed evaluate` tuned them (EBF1), and decoded into events clipped to the recording's end.
 
 A bad input is one line (`Failure`) and the others still run.

@@ -38,8 +38,9 @@ def read_tsv(path: Path) -> dict[str, list[Event]]:
     return out
 
 
-def event_f1(truth: dict[str, list[Event]], found: dict[str, list[Event]], classes) -> float:
-    """DESED's event-based macro F1 (onset collar 200 ms, offset 20% of the length), by sed_eval."""
+def event_f1(truth: dict[str, list[Event]], found: dict[str, list[Event]], classes) -> tuple[float, float]:
+    """Event-based F1 with DESED's collars (onset 200 ms, offset 20% of the length), by sed_eval: the macro
+    average over classes (DESED's) and the micro one over all events (steadier on a few dozen events)."""
     metric = sed_eval.sound_event.EventBasedMetrics(event_label_list=list(classes), t_collar=0.2,
                                                     percentage_of_length=0.2)
 
@@ -48,27 +49,41 @@ def event_f1(truth: dict[str, list[Event]], found: dict[str, list[Event]], class
 
     for name, events in truth.items():
         metric.evaluate(rows(name, events), rows(name, found.get(name, [])))
-    return float(metric.results_class_wise_average_metrics()["f_measure"]["f_measure"])
+    return (float(metric.results_class_wise_average_metrics()["f_measure"]["f_measure"]),
+            float(metric.results_overall_metrics()["f_measure"]["f_measure"]))
+
+
+def whole_eval_plans(synth, n: int) -> list:
+    """The first `n` eval clips that are 10 s long (the set has shorter ones, as DESED does): the recordings
+    below are 3 whole clips and 7 s of a fourth, 37 s."""
+    plans = [p for p in eval_plans(synth, 10 ** 6) if p.duration == synth.clip_seconds][:n]
+    assert len(plans) == n
+    return plans
 
 
 def run_cli(*args) -> int:
     return main(["detect", "--no-progress", *[str(a) for a in args]])
 
 
+# Long recordings of four clips each. Eight, not two: on 8 clips the long recordings' F1 minus the clips' ranged
+# from -0.33 to +0.25 over the models of four seeds, on 32 clips from -0.08 to +0.04 (micro; macro -0.09 to +0.05).
+LONG_RECORDINGS = 8
+
+
 @pytest.fixture(scope="module")
 def recordings(trained, tmp_path_factory):
-    """Two 37-s recordings of four eval clips each (the last cut to 7 s), with a video track (mkv, PCM sound) and
-    as WAV; and the same eight clips one file each, with their video."""
+    """37-s recordings of four eval clips each (the last cut to 7 s) with a video track (mkv, PCM sound), the first
+    two also as WAV; and the same clips one file each, with their video."""
     root = tmp_path_factory.mktemp("recordings")
-    plans = eval_plans(trained.synth, 8)
-    assert len(plans) == 8
+    plans = whole_eval_plans(trained.synth, 4 * LONG_RECORDINGS)
     truth_long, truth_clips, files = {}, {}, {"long_video": [], "long_audio": [], "clips": []}
     rate, fps = trained.synth.sample_rate, trained.synth.video_fps
-    for k in range(2):
+    for k in range(LONG_RECORDINGS):
         audio, frames, pieces = render_pieces(trained.synth, plans[4 * k: 4 * k + 4], last_seconds=7.0)
         files["long_video"].append(write_recording(root / f"long{k}.mkv", np.concatenate(audio), rate,
                                                    np.concatenate(frames), fps))
-        files["long_audio"].append(write_recording(root / f"long{k}.wav", np.concatenate(audio), rate))
+        if k < 2:
+            files["long_audio"].append(write_recording(root / f"long{k}.wav", np.concatenate(audio), rate))
         truth_long[f"long{k}.mkv"] = [e for p in pieces for e in p.events]
         for j, (a, v, p) in enumerate(zip(audio, frames, pieces)):
             name = f"clip{k}{j}.mkv"
@@ -85,13 +100,14 @@ def test_long_recordings_are_found_as_well_as_their_clips_one_by_one(trained, re
     assert "long0.mkv: 37.0 s, 7 window(s) (7 with video)" in printed
     found = read_tsv(out / "detections.tsv")
     classes = json.loads((trained.run / "evaluation/result.json").read_text())["classes"]
-    long_f1 = event_f1(truth_long, found, classes)
-    clips_f1 = event_f1(truth_clips, found, classes)
+    (long_macro, long_f1), (clips_macro, clips_f1) = event_f1(truth_long, found, classes), event_f1(truth_clips, found, classes)
     store_f1 = json.loads((trained.run / "evaluation/result.json").read_text())["sets"]["all"]["metrics"]["ebf1"]
-    print(f"EBF1 long recordings {long_f1:.3f}, the same clips one by one {clips_f1:.3f}, "
-          f"the run's eval partition (store) {store_f1:.3f}")
-    assert long_f1 > 0.3  # it finds the events
-    assert abs(long_f1 - clips_f1) <= 0.08
+    print(f"event F1 micro / macro: long recordings {long_f1:.3f} / {long_macro:.3f}, the same clips one by one "
+          f"{clips_f1:.3f} / {clips_macro:.3f}; the run's eval partition (store, macro) {store_f1:.3f}")
+    # Measured 2026-12-07 (micro, long vs clips) for the models of seeds 0, 1, 3, 4: 0.46 vs 0.53, 0.40 vs 0.35,
+    # 0.35 vs 0.34, 0.45 vs 0.51. A detector that lost the windows' order or the features' scaling scores below 0.1.
+    assert long_f1 > 0.25  # it finds the events
+    assert long_f1 >= clips_f1 - 0.12  # and about as well as in the clips one by one
     for name in ("long0", "long1"):
         doc = json.loads((out / f"{name}.json").read_text())
         assert len(doc["windows"]) == 7 and all(w["video"] for w in doc["windows"])
@@ -102,7 +118,7 @@ def test_long_recordings_are_found_as_well_as_their_clips_one_by_one(trained, re
 def test_the_video_track_changes_the_output_only_where_there_is_video(trained, recordings, tmp_path):
     root, files, truth_long, _ = recordings
     det = load_detector(trained.run)
-    audio, frames, _ = render_pieces(trained.synth, eval_plans(trained.synth, 4), last_seconds=7.0)
+    audio, frames, _ = render_pieces(trained.synth, whole_eval_plans(trained.synth, 4), last_seconds=7.0)
     # the picture of the first two clips only (20 s of 37)
     part = write_recording(tmp_path / "part.mkv", np.concatenate(audio), trained.synth.sample_rate,
                            np.concatenate(frames[:2]), trained.synth.video_fps)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from detection.windows import cut_windows, overlap_average, window_grid
+from detection.windows import cut_windows, edge_weights, overlap_average, window_grid
 from evaluation.postprocess import postprocess
 from avsed.core.labels import ClipTiming, LabelEncoder
 
@@ -30,17 +30,25 @@ def test_a_37_s_recording_in_windows_of_10_s_every_5_s():
             window_grid(TIMING, 37.0, bad)
 
 
-def test_overlap_average_is_the_mean_of_the_windows_covering_each_frame():
+def test_overlap_average_is_the_edge_weighted_mean_of_the_windows_covering_each_frame():
     grid = window_grid(TIMING, 37.0, 5.0)
+    assert grid.window_frames == 64 and grid.hop_frames == 32
+    weights = edge_weights(64)
+    assert weights[31] == weights[32] == 1.0 and weights[0] == weights[63] == pytest.approx(0.5 / 31.5)
     # window k says k everywhere (two classes: k and 10 k)
     probs = np.stack([np.stack([np.full(64, k), np.full(64, 10 * k)], axis=1) for k in range(grid.n_windows)])
     timeline = overlap_average(probs, grid)
     assert timeline.shape == (grid.n_frames, 2)
     assert timeline[0, 0] == 0.0  # only window 0
-    assert timeline[40, 0] == pytest.approx(0.5)  # windows 0 and 1
-    assert timeline[100, 0] == pytest.approx(2.5)  # windows 2 and 3
+    # frame 40: window 0 at 40 (distance to its edge 23.5), window 1 at 8 (8.5); two windows a hop apart add to 32
+    assert timeline[40, 0] == pytest.approx((0 * 23.5 + 1 * 8.5) / 32.0)
+    assert timeline[48, 0] == pytest.approx(16.5 / 32.0)  # window 0 at 48 (15.5/32), window 1 at 16 (16.5/32)
+    # frame 100: window 2 (start 64) at 36 (27.5/32) and window 3 (start 96) at 4 (4.5/32)
+    assert timeline[100, 0] == pytest.approx((2 * 27.5 + 3 * 4.5) / 32.0)
     assert timeline[grid.n_frames - 1, 0] == pytest.approx(6.0)  # past window 5's end: window 6 alone
     np.testing.assert_allclose(timeline[:, 1], 10 * timeline[:, 0], rtol=1e-6)
+    # a constant the windows agree on stays that constant
+    np.testing.assert_allclose(overlap_average(np.full(probs.shape, 0.3), grid), 0.3, rtol=1e-6)
     with pytest.raises(ValueError, match="window outputs"):
         overlap_average(probs[:-1], grid)
 
