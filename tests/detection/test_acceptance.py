@@ -22,7 +22,6 @@ from avsed.cli import main
 from detection.detect import detect_recording
 from detection.detector import load_detector
 from avsed.core.labels import Event
-from tests.detection.toy import moving_frames
 from avsed.demo import eval_plans, render_pieces
 from tests.detection.trained import write_recording
 
@@ -66,7 +65,8 @@ def run_cli(*args) -> int:
 
 
 # Long recordings of four clips each. Eight, not two: on 8 clips the long recordings' F1 minus the clips' ranged
-# from -0.33 to +0.25 over the models of four seeds, on 32 clips from -0.08 to +0.04 (micro; macro -0.09 to +0.05).
+# from -0.33 to +0.25 over the models of four seeds (64 px), on 32 clips from -0.08 to +0.04 (micro; macro -0.09 to
+# +0.05; at 32 px +0.02 to +0.04).
 LONG_RECORDINGS = 8
 
 
@@ -104,9 +104,11 @@ def test_long_recordings_are_found_as_well_as_their_clips_one_by_one(trained, re
     store_f1 = json.loads((trained.run / "evaluation/result.json").read_text())["sets"]["all"]["metrics"]["ebf1"]
     print(f"event F1 micro / macro: long recordings {long_f1:.3f} / {long_macro:.3f}, the same clips one by one "
           f"{clips_f1:.3f} / {clips_macro:.3f}; the run's eval partition (store, macro) {store_f1:.3f}")
-    # Measured 2026-12-07 (micro, long vs clips) for the models of seeds 0, 1, 3, 4: 0.46 vs 0.53, 0.40 vs 0.35,
-    # 0.35 vs 0.34, 0.45 vs 0.51. A detector that lost the windows' order or the features' scaling scores below 0.1.
-    assert long_f1 > 0.25  # it finds the events
+    # Measured 2026-12-07 (micro, long vs clips), models of seeds 0, 1, 3, 4 at 32 px: 0.50 vs 0.49, 0.44 vs 0.40,
+    # 0.25 vs 0.22, 0.46 vs 0.42 (at 64 px: 0.46 vs 0.53, 0.40 vs 0.35, 0.35 vs 0.34, 0.45 vs 0.51). Broken
+    # detectors with seed 0's model: windows put back in reverse order 0.06, features not standardised 0.06,
+    # untrained weights 0.0.
+    assert long_f1 > 0.15  # it finds the events
     assert long_f1 >= clips_f1 - 0.12  # and about as well as in the clips one by one
     for name in ("long0", "long1"):
         doc = json.loads((out / f"{name}.json").read_text())

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from detection.detect import detect_recording
 from detection.media import InputError, collect_sources
