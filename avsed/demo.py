@@ -35,7 +35,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 LEARNED = "learned"  # DEMO_MODELS' weights for a model whose gate learns them (model.gate.mode clip)
@@ -142,9 +142,6 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, config: Demo
     in_process_defaults()
     import torch
 
-    from evaluation.evaluate import EvaluationResult
-    from evaluation.plots import plot_psd_roc
-    from evaluation.report import write_report
     from avsed.synthetic.video_host import VideoServerProcess
     from pipeline.status import format_status, store_status
     from avsed.synthetic.dataset import make_synthetic_dataset
@@ -179,34 +176,11 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, config: Demo
         status = store_status(store)
         print(format_status(status))
 
-        # 3. training and 4. evaluation (split by video availability), side by side where there are cores for
-        # it: each model is evaluated in its training process as soon as it is trained, while the others train.
-        runs = out / "runs"
-        checkpoints = {name: runs / run_dir_name(name) for name in DEMO_MODELS}
-        truth = data / "truth" / "videos.tsv"
+        # 3. training and 4. evaluation (split by video availability)
         t0 = time.perf_counter()
-        for wave in training_waves(list(DEMO_MODELS), cpus):
-            threads = max(1, cpus // len(wave))
-            jobs = [(str(store), demo_train_config(*DEMO_MODELS[name], cfg, cfg.seed).to_dict(),
-                     str(checkpoints[name]), threads, name, k, str(truth)) for k, name in enumerate(wave)]
-            for name, (train_s, eval_s) in zip(wave, run_side_by_side(jobs)):
-                timings[f"train {name}"], timings[f"evaluate {name}"] = round(train_s, 2), round(eval_s, 2)
-                print(f"[demo] train {name}: {train_s:.1f} s ({threads} thread{'s' * (threads > 1)}, "
-                      f"{len(wave)} model{'s' * (len(wave) > 1)} at once), evaluate: {eval_s:.1f} s", flush=True)
+        checkpoints, results = _train_and_evaluate(out, store, data / "truth" / "videos.tsv", cfg, cpus, timings)
         stage("train and evaluate (all models)", t0)
-        results = {name: EvaluationResult.load(run_dir / "evaluation" / "result.json")
-                   for name, run_dir in checkpoints.items()}
-        report = out / "report"
-        paths = write_report(list(results.values()), report)
-        plot_psd_roc(results, report / "psd_roc.png")
-        plot_split(results, report / "split_by_video.png")
-        (report / "split_by_video.md").write_text(
-            f"# Split by video availability (eval partition), values in %\n\n{split_markdown(results)}\n\n"
-            f"# Bi-encoder minus audio-only, points\n\n{claim_markdown(results)}\n\n"
-            f"# Learned visual weight by what the video shows (eval partition)\n\n{learned_markdown(results)}\n")
-        for name in results:
-            if "learned_weights" in results[name].info:
-                shutil.copyfile(checkpoints[name] / "evaluation" / "learned_weights.png", report / "learned_weights.png")
+        paths = _write_demo_report(results, checkpoints, out / "report")
 
         # 5. videos vanish; the rerun records them and keeps the features
         t0 = time.perf_counter()
@@ -238,13 +212,60 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, config: Demo
         "detect": detected,
     }
     (out / "summary.json").write_text(json.dumps(summary_json, indent=2, default=float))
+    _print_summary(paths, results, vanished, second, after, detected, out, timings["total"])
+    return 0
+
+
+def _train_and_evaluate(out: Path, store: Path, truth: Path, cfg: DemoConfig, cpus: int,
+                        timings: dict[str, float]) -> tuple[dict[str, Path], dict]:
+    """Every demo model trained and evaluated, side by side where there are cores for it: each model is evaluated
+    in its training process as soon as it is trained, while the others train. Returns (run dirs, results)."""
+    from evaluation.evaluate import EvaluationResult
+
+    runs = out / "runs"
+    checkpoints = {name: runs / run_dir_name(name) for name in DEMO_MODELS}
+    for wave in training_waves(list(DEMO_MODELS), cpus):
+        threads = max(1, cpus // len(wave))
+        jobs = [(str(store), demo_train_config(*DEMO_MODELS[name], cfg, cfg.seed).to_dict(),
+                 str(checkpoints[name]), threads, name, k, str(truth)) for k, name in enumerate(wave)]
+        for name, (train_s, eval_s) in zip(wave, run_side_by_side(jobs)):
+            timings[f"train {name}"], timings[f"evaluate {name}"] = round(train_s, 2), round(eval_s, 2)
+            print(f"[demo] train {name}: {train_s:.1f} s ({threads} thread{'s' * (threads > 1)}, "
+                  f"{len(wave)} model{'s' * (len(wave) > 1)} at once), evaluate: {eval_s:.1f} s", flush=True)
+    results = {name: EvaluationResult.load(run_dir / "evaluation" / "result.json")
+               for name, run_dir in checkpoints.items()}
+    return checkpoints, results
+
+
+def _write_demo_report(results: dict, checkpoints: dict[str, Path], report: Path) -> dict:
+    """report/: the evaluation report of all models, PSD-ROC curves, the split by video availability (table and
+    plot) and the learned model's weights. Returns write_report's paths."""
+    from evaluation.plots import plot_psd_roc
+    from evaluation.report import write_report
+
+    paths = write_report(list(results.values()), report)
+    plot_psd_roc(results, report / "psd_roc.png")
+    plot_split(results, report / "split_by_video.png")
+    (report / "split_by_video.md").write_text(
+        f"# Split by video availability (eval partition), values in %\n\n{split_markdown(results)}\n\n"
+        f"# Bi-encoder minus audio-only, points\n\n{claim_markdown(results)}\n\n"
+        f"# Learned visual weight by what the video shows (eval partition)\n\n{learned_markdown(results)}\n")
+    for name in results:
+        if "learned_weights" in results[name].info:
+            shutil.copyfile(checkpoints[name] / "evaluation" / "learned_weights.png", report / "learned_weights.png")
+    return paths
+
+
+def _print_summary(paths: dict, results: dict, vanished: list, second: dict, after: dict, detected: dict, out: Path,
+                   total_seconds: float) -> None:
+    """What the demo ends with on the terminal: the report, the split, the claim, the rerun and the detection."""
     print()
     print(paths["markdown"].read_text())
-    print(f"\nsplit by video availability (eval partition), values in %:")
+    print("\nsplit by video availability (eval partition), values in %:")
     print(split_markdown(results))
-    print(f"\nthe paper's claim, bi-encoder minus audio-only in points (better with video, about equal without):")
+    print("\nthe paper's claim, bi-encoder minus audio-only in points (better with video, about equal without):")
     print(claim_markdown(results))
-    print(f"\nthe learned bi-encoder's visual weight (1 - audio weight) by what the eval clip's video shows:")
+    print("\nthe learned bi-encoder's visual weight (1 - audio weight) by what the eval clip's video shows:")
     print(learned_markdown(results))
     print(f"\nincremental rerun after deleting {len(vanished)} served videos: {second['new_clips']} new clips, "
           f"audio computed {second['audio_computed'] or 0}, video features computed {second['video_computed'] or 0}, "
@@ -254,8 +275,7 @@ def run_demo(out_dir: str | Path = "demo-out", quick: bool = False, config: Demo
           f"{detected['video_seconds']:.0f} s): {detected['found']} events found of {detected['truth']} in it; "
           f"{detected['tsv']} and its timeline {detected['png']}")
     print(f"\noutputs in {out}: report/report.md, report/*.png, runs/*/evaluation/, detect/, summary.json "
-          f"(total {timings['total']:.0f} s)")
-    return 0
+          f"(total {total_seconds:.0f} s)")
 
 
 def training_waves(names: list[str], cpus: int) -> list[list[str]]:
