@@ -24,6 +24,7 @@ from detection.detector import load_detector
 from avsed.core.labels import Event
 from avsed.demo import eval_plans, render_pieces
 from tests.detection.trained import write_recording
+from tests.flows.conftest import prefect_home, prefect_home_template  # noqa: F401 - the session fixture, shared
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -231,9 +232,10 @@ print("RESULT " + json.dumps(detect_flow(**json.loads(sys.argv[1]))))
 """
 
 
-def test_the_prefect_flow_detect(trained, recordings, tmp_path):
+def test_the_prefect_flow_detect(trained, recordings, prefect_home_template, tmp_path):  # noqa: F811
     _, files, _, _ = recordings
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(ROOT)}
+    home = prefect_home(prefect_home_template, tmp_path / "prefect")  # migrated already: half a start saved
+    env = {**os.environ, "PREFECT_HOME": str(home), "PYTHONPATH": str(ROOT)}
     env.pop("PREFECT_API_URL", None)
     args = {"model": str(trained.run), "inputs": [str(files["long_audio"][1]), str(tmp_path / "absent.wav")],
             "out_dir": str(tmp_path / "out"), "hop": 2.5, "plots": False}

@@ -14,18 +14,19 @@ from distributed import LocalCluster
 
 from avsed.synthetic.video_host import VideoServer
 from avsed.core.store import FeatureStore
-from tests.flows.conftest import copy_set, extract_config
+from tests.flows.conftest import copy_set, extract_config, prefect_home
 
 # end to end (a Dask cluster, the CLI, a Prefect flow run): the full suite's, not the fast tier's
 pytestmark = pytest.mark.slow
 
 
-def test_flow_on_a_dask_cluster_matches_the_in_process_run(reference_run, tmp_path):
+def test_flow_on_a_dask_cluster_matches_the_in_process_run(reference_run, prefect_home_template, tmp_path):
     ref_data, ref_cfg, _ = reference_run
     data = copy_set(ref_data, tmp_path / "data")
     store = tmp_path / "features.zarr"
     # A fresh process: its Prefect flow run gets its own temporary API server (one per process).
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    home = prefect_home(prefect_home_template, tmp_path / "prefect-home")  # migrated already: half a start saved
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "DO_NOT_TRACK": "1", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
     env.pop("PREFECT_API_URL", None)
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster, \
@@ -49,7 +50,7 @@ def test_flow_on_a_dask_cluster_matches_the_in_process_run(reference_run, tmp_pa
                                    rtol=1e-2, atol=1e-3, err_msg=name)
 
 
-def test_one_download_cap_for_the_whole_run_across_dask_shard_tasks(reference_run, tmp_path):
+def test_one_download_cap_for_the_whole_run_across_dask_shard_tasks(reference_run, prefect_home_template, tmp_path):
     """Three shard tasks at once on the cluster, each with its own download session, and download.concurrency 1:
     the host never sees more than one video at a time (a cluster-wide semaphore, not one cap per task). Counted per
     video: one download's own requests overlap (seen 3 of 3 times: 2 requests, 1 video), which failed this test
@@ -60,7 +61,8 @@ def test_one_download_cap_for_the_whole_run_across_dask_shard_tasks(reference_ru
     ids = [p.stem for p in (data / "videos").glob("*.mp4")]
     # every answer waits: overlapping downloads of different shards would be seen by the host
     (data / "videos" / "answers.json").write_text(json.dumps({i: [{"delay_seconds": 0.5}] * 6 for i in ids}))
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    home = prefect_home(prefect_home_template, tmp_path / "prefect-home")  # migrated already: half a start saved
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "DO_NOT_TRACK": "1", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
     env.pop("PREFECT_API_URL", None)
     with LocalCluster(n_workers=1, threads_per_worker=3, processes=True, dashboard_address=None) as cluster, \
