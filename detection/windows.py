@@ -6,11 +6,11 @@ k windows gets the mean of their k probabilities weighted by how far the frame l
 (a triangle over the window): a frame near an edge was seen with context on one side only, and a window that
 straddles two different scenes is least sure there. On the detection tests' bi-encoders (four seeds; 8 recordings
 of 4 synthetic eval clips, 2026-12-07), macro EBF1 with the plain mean was 0.41 / 0.38 / 0.33 / 0.40, with the
-triangle 0.48 / 0.40 / 0.37 / 0.45 (the same clips one file each: 0.57 / 0.35 / 0.34 / 0.50). The last window ends with the recording (it starts off the hop,
-still on the frame grid) instead of reaching past it: seconds of silence padding at the end of a window made the
-models' last frames jump in every class (seen on the demo's bi-encoder). Only a recording shorter than a window is
-padded with silence, as a short training clip is, and frames past its end are dropped. All times come from
-`ClipTiming`.
+triangle 0.48 / 0.40 / 0.37 / 0.45 (the same clips one file each: 0.57 / 0.35 / 0.34 / 0.50). The last window
+ends with the recording (it starts off the hop, still on the frame grid) instead of reaching past it: seconds of
+silence padding at the end of a window made the models' last frames jump in every class (seen on the demo's
+bi-encoder). Only a recording shorter than a window is padded with silence, as a short training clip is, and
+frames past its end are dropped. All times come from `ClipTiming`.
 """
 
 from __future__ import annotations

@@ -20,15 +20,21 @@ from tests.flows.conftest import copy_set, extract_config, prefect_home
 pytestmark = pytest.mark.slow
 
 
+def flow_process_env(template, tmp_path) -> dict:
+    """The environment of a fresh CLI process whose Prefect flow run gets its own temporary API server, on a copy
+    of the session's migrated Prefect home (half a server start saved; a first start is not these tests' subject)."""
+    env = {**os.environ, "PREFECT_HOME": str(prefect_home(template, tmp_path / "prefect-home")),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1",
+           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
+    env.pop("PREFECT_API_URL", None)
+    return env
+
+
 def test_flow_on_a_dask_cluster_matches_the_in_process_run(reference_run, prefect_home_template, tmp_path):
     ref_data, ref_cfg, _ = reference_run
     data = copy_set(ref_data, tmp_path / "data")
     store = tmp_path / "features.zarr"
-    # A fresh process: its Prefect flow run gets its own temporary API server (one per process).
-    home = prefect_home(prefect_home_template, tmp_path / "prefect-home")  # migrated already: half a start saved
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
-    env.pop("PREFECT_API_URL", None)
+    env = flow_process_env(prefect_home_template, tmp_path)
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None) as cluster, \
             VideoServer(data / "videos") as videos:
         cfg = extract_config(data, store, videos.url_template)
@@ -61,10 +67,7 @@ def test_one_download_cap_for_the_whole_run_across_dask_shard_tasks(reference_ru
     ids = [p.stem for p in (data / "videos").glob("*.mp4")]
     # every answer waits: overlapping downloads of different shards would be seen by the host
     (data / "videos" / "answers.json").write_text(json.dumps({i: [{"delay_seconds": 0.5}] * 6 for i in ids}))
-    home = prefect_home(prefect_home_template, tmp_path / "prefect-home")  # migrated already: half a start saved
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "DO_NOT_TRACK": "1", "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180"}
-    env.pop("PREFECT_API_URL", None)
+    env = flow_process_env(prefect_home_template, tmp_path)
     with LocalCluster(n_workers=1, threads_per_worker=3, processes=True, dashboard_address=None) as cluster, \
             VideoServer(data / "videos") as videos:
         cfg = extract_config(data, store, videos.url_template, features=("logmel", "openl3"), shards_in_flight=3,
