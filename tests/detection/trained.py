@@ -33,7 +33,6 @@ from tests.pipeline.extracted_store import small_extract_config
 SYNTH = SynthConfig(clips=200, seed=11, missing_fraction=0.2, black_fraction=0.0,
                     partition_fractions=(0.2, 0.25, 0.1, 0.2, 0.25), strong_video_fraction=0.5, quiet_event_fraction=0.0)
 STEPS = 250
-FRAME_SIZE = 32  # the videos' frames (64 px) decoded at 32 px for OpenL3: a quarter of its work
 
 
 @dataclass
@@ -58,8 +57,7 @@ def build_trained_run(root: Path, steps: int = STEPS, synth: SynthConfig = SYNTH
     data, store, run = root / "data", root / "features.zarr", root / "run"
     make_synthetic_dataset(data, synth, progress=False)
     with VideoServer(data / "videos") as server:
-        run_extraction(small_extract_config(data, store, server.url_template, frame_size=FRAME_SIZE,
-                                            extractor_configs={"openl3": {"input_size": FRAME_SIZE}}), progress=False)
+        run_extraction(small_extract_config(data, store, server.url_template), progress=False)  # OpenL3 at 32 px
     torch.set_num_threads(1)
     config = demo_train_config(["logmel", "openl3"], [0.75, 0.25], DemoConfig(steps=steps, architecture="transformer"),
                                seed=0)

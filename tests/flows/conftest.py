@@ -18,10 +18,11 @@ from pipeline.download import DownloadConfig
 from pipeline.extract import ExtractConfig, run_extraction
 from avsed.synthetic.video_host import VideoServer
 from avsed.synthetic.dataset import SynthConfig, make_synthetic_dataset
+from tests.pipeline.extracted_store import FRAME_SIZE
 
 E2E_FEATURES = ("logmel", "openl3", "vgg16", "tce")
-# The synthetic videos are 64 px: frames and network inputs at 64 px keep CI fast (recorded in provenance).
-SMALL_IMAGES = {name: {"input_size": 64} for name in ("openl3", "vgg16", "tce")}
+# Frames and network inputs at FRAME_SIZE (32 px) keep CI fast (tests/pipeline/extracted_store.py: why).
+SMALL_IMAGES = {name: {"input_size": FRAME_SIZE} for name in ("openl3", "vgg16", "tce")}
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,7 +62,7 @@ def extract_config(data: Path, store: Path, url_template: str, **kw) -> ExtractC
     kw.setdefault("features", E2E_FEATURES)
     kw.setdefault("allow_random_weights", True)
     kw.setdefault("batch_clips", 4)
-    kw.setdefault("frame_size", 64)
+    kw.setdefault("frame_size", FRAME_SIZE)
     # 12 clips in shards of 4: three shards, so writes, windows and resume cross shard boundaries
     kw.setdefault("clips_per_shard", 4)
     kw.setdefault("max_clips_in_flight", 6)

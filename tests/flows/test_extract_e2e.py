@@ -18,6 +18,7 @@ from avsed.synthetic.video_host import VideoServer
 from pipeline.status import store_status
 from avsed.core.store import FeatureStore
 from tests.flows.conftest import copy_set, extract_config
+from tests.pipeline.extracted_store import FRAME_SIZE
 from tests.flows.faults import KILLED, run_killed_at_event
 
 # end to end (every test reads the session's reference extraction): the full suite's, not the fast tier's
@@ -60,7 +61,7 @@ def test_store_shapes_masks_ledger_and_provenance(reference_run):
     assert report.videos_downloaded == int(present.sum())
     for name in ("openl3", "vgg16", "tce"):
         prov = store.provenance(name)
-        assert prov["extractor"] == name and prov["weights"] == "random" and prov["config"]["input_size"] == 64
+        assert prov["extractor"] == name and prov["weights"] == "random" and prov["config"]["input_size"] == FRAME_SIZE
     assert store.provenance("logmel")["weights"] == "none"
     mean, std = store.stats("logmel")
     assert mean.shape == (64,) and np.all(std > 0)

@@ -18,6 +18,7 @@ import yaml
 
 from avsed.synthetic.video_host import VideoServer
 from tests.flows.conftest import copy_set, prefect_home
+from tests.pipeline.extracted_store import FRAME_SIZE
 from tests.training.conftest import synthetic_store  # noqa: F401 - the session fixture, shared
 from training.checkpoint import CHECKPOINT
 
@@ -43,7 +44,8 @@ def fresh_env(tmp_path: Path, template: Path | None = None) -> dict[str, str]:
 def extract_argv(data: Path, store: Path, features: str, url_template: str) -> list[str]:
     return [sys.executable, "-m", "avsed.cli", "extract", "--metadata", str(data / "metadata"), "--audio-dir",
             str(data / "audio"), "--store", str(store), "--features", features, "--url-template", url_template,
-            "--allow-random-weights", "--frame-size", "64", "--set", "extractor_configs.openl3.input_size=64",
+            "--allow-random-weights", "--frame-size", str(FRAME_SIZE), "--set",
+            f"extractor_configs.openl3.input_size={FRAME_SIZE}",
             "--decode-workers", "1", "--json"]
 
 

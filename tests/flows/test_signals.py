@@ -27,7 +27,7 @@ from avsed.synthetic.video_host import ANSWERS_FILE, ANSWERS_STATE_FILE, VideoSe
 from avsed.core.store import FeatureStore
 from avsed.synthetic.dataset import SynthConfig, make_synthetic_dataset
 from tests.flows.conftest import prefect_home
-from tests.pipeline.extracted_store import small_extract_config
+from tests.pipeline.extracted_store import FRAME_SIZE, small_extract_config
 
 REPO = Path(__file__).resolve().parents[2]
 SYNTH = SynthConfig(clips=10, seed=7, missing_fraction=0.0, still_fraction=0.0, black_fraction=0.0,
@@ -46,8 +46,8 @@ def _default_sigint() -> None:
 
 
 def _start_extract(data: Path, store: Path, template: str, tmp: Path, engine: str, home: Path) -> subprocess.Popen:
-    config = {"features": ["logmel", VIDEO], "allow_random_weights": True, "frame_size": 64, "batch_clips": 4,
-              "decode_workers": 1, "extractor_configs": {VIDEO: {"input_size": 64}},
+    config = {"features": ["logmel", VIDEO], "allow_random_weights": True, "frame_size": FRAME_SIZE,
+              "batch_clips": 4, "decode_workers": 1, "extractor_configs": {VIDEO: {"input_size": FRAME_SIZE}},
               "download": {"url_template": template, "retries": 0, "fragment_retries": 0, "socket_timeout": 10.0,
                            "concurrency": 2}}
     (tmp / "extract.json").write_text(json.dumps(config))
