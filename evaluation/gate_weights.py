@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+import torch
 
 from avsed.core.errors import AvsedError
+from training.fusion import resolve_weights
+from training.predict import StoreClips, TrainedModel, load_store_clips, load_trained
 
 # The order of the plot and the summary: videos that show the events, then videos that show nothing useful.
 VIDEO_KIND_ORDER = ("content", "video", "still", "black", "absent")
@@ -79,37 +82,23 @@ def read_video_truth(path: str | Path) -> dict[str, str]:
     return {r["clip_id"]: r["kind"] for r in rows}
 
 
-def learned_weights(checkpoint: str | Path, store: str | Path, partitions: Sequence[str] = ("eval",),
-                    video_truth: Mapping[str, str] | None = None, device: str = "auto", use_teacher: bool = False,
-                    batch_size: int = 256) -> ClipWeights:
+def learned_weights(checkpoint: str | Path | TrainedModel, store: str | Path | StoreClips,
+                    partitions: Sequence[str] = ("eval",), video_truth: Mapping[str, str] | None = None,
+                    device: str = "auto", use_teacher: bool = False, batch_size: int = 256) -> ClipWeights:
     """Run the checkpoint's encoders and gate over the partitions' clips with its default inference weights as
-    the prior (what `predict` gives the model) and return the weights it interpolates with."""
-    import torch
-
-    from avsed.core.store import FeatureStore
-    from training.config import TrainConfig
-    from training.data import load_clips
-    from training.fusion import resolve_weights
-    from training.models import build_model
-    from training.predict import load_checkpoint
-    from training.train import resolve_device
-
-    ckpt = load_checkpoint(checkpoint)
-    config = TrainConfig.from_dict(ckpt["config"])
-    dev = resolve_device(device)
-    data = load_clips(FeatureStore.open(store), partitions, config.encoders, device="cpu",
-                      standardise_visual=config.standardise_visual)
-    model = build_model(config.model, ckpt["visual_dims"])
-    model.load_state_dict(ckpt["teacher" if use_teacher else "model"])
-    model.to(dev).eval()
+    the prior (what `predict` gives the model) and return the weights it interpolates with. Given a loaded model
+    and clips (training/predict.py), neither is read again (device, use_teacher and partitions are then theirs)."""
+    model = checkpoint if isinstance(checkpoint, TrainedModel) else load_trained(checkpoint, device, use_teacher)
+    clips = store if isinstance(store, StoreClips) else load_store_clips(model, store, partitions)
+    config, network, dev = model.config, model.network, model.device
     prior = torch.tensor(config.default_inference_weights(), dtype=torch.float32)
-    t, n = data.tensors, len(data.tensors)
+    t, n = clips.clips.tensors, len(clips)
     chunks = []
     with torch.no_grad():
         for s in range(0, n, batch_size):
             b = t.take(torch.arange(s, min(s + batch_size, n))).to(dev)
-            w = model.interpolation_weights(b.logmel.float(), [v.float() for v in b.visual], b.visual_valid,
-                                            resolve_weights(prior.to(dev), b.available))
+            w = network.interpolation_weights(b.logmel.float(), [v.float() for v in b.visual], b.visual_valid,
+                                              resolve_weights(prior.to(dev), b.available))
             chunks.append(w.float().cpu())
     weights = torch.cat(chunks).numpy()
     frame_weights = None
@@ -117,8 +106,9 @@ def learned_weights(checkpoint: str | Path, store: str | Path, partitions: Seque
         frame_weights = weights[:, :-1]
         weights = frame_weights.mean(axis=1)
     available = t.available.cpu().numpy()
-    kinds = video_kinds(data.clip_ids, available[:, 1:].any(axis=1), video_truth)
-    return ClipWeights(data.clip_ids, data.partitions, kinds, list(config.encoders), weights, frame_weights,
+    ids = clips.clips.clip_ids
+    kinds = video_kinds(ids, available[:, 1:].any(axis=1), video_truth)
+    return ClipWeights(ids, clips.clips.partitions, kinds, list(config.encoders), weights, frame_weights,
                        config.model.gate.mode)
 
 

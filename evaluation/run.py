@@ -24,7 +24,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from evaluation.evaluate import METRICS, EvaluationConfig, EvaluationResult, evaluate, score, tune
+from evaluation.evaluate import METRICS, EvaluationConfig, EvaluationResult, evaluate, tune
 from evaluation.export import export_predictions
 from evaluation.gate_weights import kind_summary, learned_weights, read_video_truth, write_gate_outputs
 from evaluation.plots import plot_example_clip, plot_per_class, plot_psd_roc
@@ -32,7 +32,7 @@ from evaluation.predictions import Predictions
 from avsed.core.labels import ClipTiming, LabelEncoder
 from avsed.core.store import FeatureStore
 from training.config import TrainConfig
-from training.predict import load_checkpoint, predict
+from training.predict import StoreClips, TrainedModel, load_store_clips, load_trained, predict_clips
 
 # The paper's inference options for the audio interpolation weight (3.2.2), tuned on validation EBF1.
 PAPER_AUDIO_WEIGHTS = (0.25, 0.5, 0.75, 0.875)
@@ -101,13 +101,16 @@ def select_audio_weight(validation_by_weight: dict[float, Predictions],
     return best, scores
 
 
-def choose_audio_weight(checkpoint: str | Path, store: str | Path, grid: Sequence[float],
-                        config: EvaluationConfig = EvaluationConfig(), device: str = "auto",
+def choose_audio_weight(checkpoint: str | Path | TrainedModel, store: str | Path | StoreClips,
+                        grid: Sequence[float], config: EvaluationConfig = EvaluationConfig(), device: str = "auto",
                         use_teacher: bool = False, validation_partition: str = "validation") -> tuple[float, dict]:
-    """Predict validation at each audio weight of `grid` and pick one with `select_audio_weight`."""
-    return select_audio_weight({float(w): to_evaluation(predict(checkpoint, store, [validation_partition],
-                                                                audio_weight=w, device=device, use_teacher=use_teacher))
-                                for w in grid}, config)
+    """Predict validation at each audio weight of `grid` and pick one with `select_audio_weight`. Given a loaded
+    model and clips (training/predict.py), neither is read again (device, use_teacher and the partition are then
+    theirs)."""
+    model = checkpoint if isinstance(checkpoint, TrainedModel) else load_trained(checkpoint, device, use_teacher)
+    clips = store if isinstance(store, StoreClips) else load_store_clips(model, store, [validation_partition])
+    return select_audio_weight({float(w): to_evaluation(predict_clips(model, clips, audio_weight=w)) for w in grid},
+                               config)
 
 
 def evaluate_checkpoint(checkpoint: str | Path, store: str | Path, out_dir: str | Path | None = None,
@@ -121,36 +124,36 @@ def evaluate_checkpoint(checkpoint: str | Path, store: str | Path, out_dir: str 
     truth/videos.tsv), for a learned gate's weights."""
     if video_truth is not None and not isinstance(video_truth, Mapping):
         video_truth = read_video_truth(video_truth)
-    ckpt = load_checkpoint(checkpoint)
-    train_config = TrainConfig.from_dict(ckpt["config"])
+    # The checkpoint and the two partitions are read once; every prediction below reuses them.
+    model = load_trained(checkpoint, device, use_teacher)
+    train_config = model.config
     info = {"model": model_name(train_config, use_teacher), "seed": train_config.seed, "checkpoint": str(checkpoint),
-            "step": int(ckpt.get("step", -1)), "encoders": list(train_config.encoders), "teacher": bool(use_teacher),
+            "step": model.step, "encoders": list(train_config.encoders), "teacher": bool(use_teacher),
             "architecture": train_config.model.architecture}
     multi = len(train_config.encoders) > 1
     learned = is_learned(train_config)
     if learned:
         info["interpolation_weights"] = f"learned per {train_config.model.gate.mode}"
+    clips = load_store_clips(model, store, [validation_partition, test_partition])
+    val_clips, test_clips = clips.subset([validation_partition]), clips.subset([test_partition])
     if audio_weight is None and audio_weight_grid and multi and not learned:
-        audio_weight, grid_scores = choose_audio_weight(checkpoint, store, audio_weight_grid, config, device,
-                                                        use_teacher, validation_partition)
+        audio_weight, grid_scores = choose_audio_weight(model, val_clips, audio_weight_grid, config)
         info["audio_weight_validation_ebf1"] = grid_scores
     info["audio_weight"] = audio_weight
 
-    def run(partition: str, weight: float | None) -> Predictions:
-        return to_evaluation(predict(checkpoint, store, [partition], audio_weight=weight, device=device,
-                                     use_teacher=use_teacher))
+    def run(partition: StoreClips, weight: float | None) -> Predictions:
+        return to_evaluation(predict_clips(model, partition, audio_weight=weight))
 
-    val = run(validation_partition, audio_weight)
-    test = run(test_partition, audio_weight)
+    val = run(val_clips, audio_weight)
+    test = run(test_clips, audio_weight)
     audio_only = None
     if split_by_availability and multi and audio_weight != 1.0:
-        audio_only = run(test_partition, 1.0)
+        audio_only = run(test_clips, 1.0)
     result = evaluate(val, test, config, split_by_availability=split_by_availability, audio_only_test=audio_only,
                       info=info)
     gate = None
     if learned:
-        gate = learned_weights(checkpoint, store, [validation_partition, test_partition], video_truth, device,
-                               use_teacher)
+        gate = learned_weights(model, clips, video_truth=video_truth)
         result.info["learned_weights"] = kind_summary(gate, test_partition)
     out = None
     if out_dir is not None:

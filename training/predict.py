@@ -4,10 +4,14 @@
 ids, durations, ground-truth events and video availability, so evaluation can tune post-processing, score
 and split by availability. The interpolation weights are a parameter (e.g. `audio_weight=1` ignores video).
 The paper evaluates the student after the last epoch; `use_teacher=True` scores the teacher instead.
+
+To predict more than once (an evaluation predicts validation at each inference weight of its grid, then the test
+partition), load the model (`load_trained`) and the clips (`load_store_clips`) once and call `predict_clips`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +24,7 @@ from avsed.core.labels import ClipTiming, Event
 from avsed.core.store import FeatureStore
 from training.checkpoint import RunMismatch, read_checkpoint
 from training.config import AUDIO_STREAM, TrainConfig
-from training.data import load_clips
+from training.data import ClipSet, load_clips
 from training.fusion import resolve_weights
 from training.models import build_model
 from training.train import CHECKPOINT, resolve_device
@@ -67,47 +71,106 @@ def load_checkpoint(path: str | Path) -> dict:
     return read_checkpoint(path)
 
 
-@torch.no_grad()
-def predict(checkpoint: str | Path, store_path: str | Path, partitions: Sequence[str] = ("validation", "eval"),
-            interpolation_weights: Sequence[float] | None = None, audio_weight: float | None = None,
-            use_teacher: bool = False, batch_size: int = 256, device: str = "auto",
-            video_feature: str | None = None) -> Predictions:
-    """video_feature: which store feature defines `video_available` for audio-only models (default: the
-    model's first visual stream, else the first non-log-mel feature of the store)."""
+@dataclass
+class TrainedModel:
+    """A checkpoint's network (the student, or the teacher), built once on its device in eval mode, with what it
+    was trained with. An evaluation predicts with it at several weights and on several partitions: reading the
+    checkpoint (optimiser state and teacher included) and the store's features again for each was most of a small
+    model's evaluation, and at DESED's size rereads ~200 MB of log-mel per prediction."""
+
+    config: TrainConfig
+    network: torch.nn.Module
+    device: torch.device
+    provenance: dict[str, dict]  # feature -> how the store's feature the run trained on was made
+    step: int
+    teacher: bool
+
+
+def load_trained(checkpoint: str | Path, device: str = "auto", use_teacher: bool = False) -> TrainedModel:
     ckpt = load_checkpoint(checkpoint)
     config = TrainConfig.from_dict(ckpt["config"])
     dev = resolve_device(device)
+    network = build_model(config.model, ckpt["visual_dims"])
+    network.load_state_dict(ckpt["teacher" if use_teacher else "model"])
+    network.to(dev).eval()
+    return TrainedModel(config, network, dev, ckpt["provenance"], int(ckpt.get("step", -1)), use_teacher)
+
+
+@dataclass
+class StoreClips:
+    """The clips of some partitions as a model reads them (its streams, standardised), with what predictions
+    report beside the probabilities: ground truth, video availability, the store's classes and time grid."""
+
+    clips: ClipSet
+    events: list[list[Event]]
+    video_available: np.ndarray  # (n,) bool
+    classes: tuple[str, ...]
+    timing: ClipTiming
+
+    def __len__(self) -> int:
+        return len(self.clips.rows)
+
+    def subset(self, partitions: Sequence[str]) -> "StoreClips":
+        """The clips of `partitions` (in store order, as `load_store_clips` of those partitions alone gives)."""
+        keep = np.flatnonzero(np.isin(self.clips.partitions, list(partitions)))
+        c = self.clips
+        clips = dataclasses.replace(c, rows=c.rows[keep], clip_ids=c.clip_ids[keep], partitions=c.partitions[keep],
+                                    durations=c.durations[keep], tensors=c.tensors.take(torch.from_numpy(keep)))
+        return StoreClips(clips, [self.events[i] for i in keep], self.video_available[keep], self.classes, self.timing)
+
+
+def load_store_clips(model: TrainedModel, store_path: str | Path, partitions: Sequence[str],
+                     video_feature: str | None = None) -> StoreClips:
+    """Read the partitions' clips for `model`; refuses (RunMismatch) a store whose features were made otherwise
+    than those the model trained on. video_feature: which store feature defines `video_available` for audio-only
+    models (default: the model's first visual stream, else the first non-log-mel feature of the store)."""
+    config = model.config
     store = FeatureStore.open(store_path)
     data = load_clips(store, partitions, config.encoders, device="cpu", standardise_visual=config.standardise_visual)
-    for name, prov in ckpt["provenance"].items():
+    for name, prov in model.provenance.items():
         if json.dumps(prov, sort_keys=True) != json.dumps(data.provenance[name], sort_keys=True):
             raise RunMismatch(f"{store_path}: feature {name!r} was made differently from the one the checkpoint "
                               f"was trained on ({prov} vs {data.provenance[name]}); predict on the store the run was "
                               f"trained on, or train on this one")
-    model = build_model(config.model, ckpt["visual_dims"])
-    model.load_state_dict(ckpt["teacher" if use_teacher else "model"])
-    model.to(dev).eval()
-    base = torch.tensor(inference_weights(config, interpolation_weights, audio_weight))
-    t = data.tensors
-    n = len(t)
-    frames, clips, weights = [], [], []
-    for s in range(0, n, batch_size):
-        b = t.take(torch.arange(s, min(s + batch_size, n))).to(dev)
-        w = resolve_weights(base.to(dev), b.available)
-        f, c = model(b.logmel.float(), [v.float() for v in b.visual], b.visual_valid, w)
-        frames.append(torch.sigmoid(f.float()).cpu())
-        clips.append(torch.sigmoid(c.float()).cpu())
-        weights.append(w.cpu())
-    stream_available = t.available.cpu().numpy()
+    stream_available = data.tensors.available.cpu().numpy()
     if stream_available.shape[1] > 1:
         video = stream_available[:, 1:].any(axis=1)
     else:
         name = video_feature or next((f for f in store.feature_names() if f != AUDIO_STREAM), None)
-        video = store.present(name)[data.rows] if name else np.zeros(n, dtype=bool)
+        video = store.present(name)[data.rows] if name else np.zeros(len(data.rows), dtype=bool)
     all_events = store.clip_events()
+    return StoreClips(data, [all_events[r] for r in data.rows], video, store.classes, store.timing)
+
+
+@torch.no_grad()
+def predict_clips(model: TrainedModel, clips: StoreClips, interpolation_weights: Sequence[float] | None = None,
+                  audio_weight: float | None = None, batch_size: int = 256) -> Predictions:
+    """`model`'s probabilities on loaded clips at the given interpolation weights (default: the run's own)."""
+    base = torch.tensor(inference_weights(model.config, interpolation_weights, audio_weight))
+    dev, t = model.device, clips.clips.tensors
+    n = len(t)
+    frames, clip_probs, weights = [], [], []
+    for s in range(0, n, batch_size):
+        b = t.take(torch.arange(s, min(s + batch_size, n))).to(dev)
+        w = resolve_weights(base.to(dev), b.available)
+        f, c = model.network(b.logmel.float(), [v.float() for v in b.visual], b.visual_valid, w)
+        frames.append(torch.sigmoid(f.float()).cpu())
+        clip_probs.append(torch.sigmoid(c.float()).cpu())
+        weights.append(w.cpu())
+    data = clips.clips
     return Predictions(
         clip_ids=data.clip_ids, partitions=data.partitions, frame_probs=torch.cat(frames).numpy(),
-        clip_probs=torch.cat(clips).numpy(), video_available=video, stream_available=stream_available,
-        weights=torch.cat(weights).numpy(), durations=data.durations,
-        events=[all_events[r] for r in data.rows], classes=store.classes, timing=store.timing,
-        encoders=list(config.encoders))
+        clip_probs=torch.cat(clip_probs).numpy(), video_available=clips.video_available,
+        stream_available=t.available.cpu().numpy(), weights=torch.cat(weights).numpy(), durations=data.durations,
+        events=clips.events, classes=clips.classes, timing=clips.timing, encoders=list(model.config.encoders))
+
+
+def predict(checkpoint: str | Path, store_path: str | Path, partitions: Sequence[str] = ("validation", "eval"),
+            interpolation_weights: Sequence[float] | None = None, audio_weight: float | None = None,
+            use_teacher: bool = False, batch_size: int = 256, device: str = "auto",
+            video_feature: str | None = None) -> Predictions:
+    """A checkpoint's predictions on store partitions, in one call (`load_trained`, `load_store_clips`,
+    `predict_clips`: what to use to predict more than once). video_feature: see `load_store_clips`."""
+    model = load_trained(checkpoint, device, use_teacher)
+    return predict_clips(model, load_store_clips(model, store_path, partitions, video_feature),
+                         interpolation_weights, audio_weight, batch_size)

@@ -19,6 +19,7 @@ from training.config import GateConfig, TrainConfigError
 from grid.plan import paper_grid
 from tests.training.conftest import small_config, synthetic_store  # noqa: F401 - the session fixture, shared
 from tests.training.test_group import tiny_model
+from tests.flows.conftest import prefect_home, prefect_home_template  # noqa: F401 - the session fixture, shared
 
 ROOT = Path(__file__).resolve().parents[2]
 METRIC_HEADER = ["architecture", "model", "training weights", "inference audio weight", "seeds", "cbf1_mean",
@@ -63,7 +64,8 @@ def test_grid_is_the_papers_tables():
 
 
 @pytest.mark.slow  # end to end: trains, evaluates and tabulates a grid, then reruns it through Prefect
-def test_paper_command_writes_every_table_and_a_rerun_trains_nothing(tmp_path, synthetic_store, capsys):
+def test_paper_command_writes_every_table_and_a_rerun_trains_nothing(tmp_path, synthetic_store, capsys,
+                                                                     prefect_home_template):  # noqa: F811
     """One architecture at toy sizes (the grid test above covers both; the tables are checked with both below)."""
     from avsed.cli import main
 
@@ -137,8 +139,10 @@ def test_paper_command_writes_every_table_and_a_rerun_trains_nothing(tmp_path, s
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/seed*/*.pt")}
     results = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/seed*/evaluation/result.json")}
     assert len(stamps) == len(results) == 20
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / "prefect-home"),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": "1"}
+    # on a migrated Prefect home (a first start is tests/flows/test_prefect_in_process.py's subject)
+    home = prefect_home(prefect_home_template, tmp_path / "prefect-home")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "DO_NOT_TRACK": "1", "OMP_NUM_THREADS": "1"}
     env.pop("PREFECT_API_URL", None)
     rerun = subprocess.run([sys.executable, "-m", "avsed.cli", *argv, "--engine", "prefect"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=600)

@@ -15,6 +15,7 @@ import yaml
 
 from training.checkpoint import CHECKPOINT
 from training.config import TrainConfig, merge_settings
+from tests.flows.conftest import prefect_home, prefect_home_template  # noqa: F401 - the session fixture, shared
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,14 +47,17 @@ def test_merge_settings_is_key_by_key():
 
 
 @pytest.mark.slow  # end to end: the flow through a temporary Prefect server in a fresh process
-def test_train_flow_through_prefect_trains_the_seeds_together(tmp_path, synthetic_store):
+def test_train_flow_through_prefect_trains_the_seeds_together(tmp_path, synthetic_store,
+                                                              prefect_home_template):  # noqa: F811
     overrides = {"model": {"d_model": 8, "heads": 2, "d_head": 4, "ff_dim": 16,
                            "cnn": {"filters": [2, 2, 4, 8, 8, 8, 8], "dropout": 0.0}},
                  "batch_strong": 2, "batch_weak": 2, "batch_unlabelled": 2, "epochs": 1, "steps_per_epoch": 3,
                  "device": "cpu", "progress": False, "log_every": 1}
     args = {"store": str(synthetic_store), "out_dir": str(tmp_path / "runs"), "config": overrides,
             "config_file": str(ROOT / "configs" / "conformer_bi_openl3.yaml"), "seeds": [4, 7]}
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(tmp_path / "prefect-home"),
+    # a migrated Prefect home (a first start is tests/flows/test_prefect_in_process.py's subject)
+    home = prefect_home(prefect_home_template, tmp_path / "prefect-home")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_HOME": str(home),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1", "PREFECT_LOGGING_LEVEL": "WARNING",
            # One torch thread: on a loaded 2-core machine two OpenMP threads made these steps 13x slower.
            "OMP_NUM_THREADS": "1"}
