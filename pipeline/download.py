@@ -446,9 +446,11 @@ class DownloadSession:
                 self._cond.wait(0.5)
             self._stopped = True
             self._cond.notify_all()
-        if self._watchdog is not None and not any(w.job is not None and w.job.abandoned for w in self._workers):
+        abandoned = [w.job.clip_id for w in self._workers if w.job is not None and w.job.abandoned]
+        if self._watchdog is not None and not abandoned:
             self._watchdog.join(timeout=5)  # (with abandoned clips it stays, to kill their ffmpeg)
-        self._kill_ffmpeg(None)  # an abandoned clip's ffmpeg never outlives the session
+        for clip_id in abandoned:  # an abandoned clip's ffmpeg never outlives the session
+            self._kill_ffmpeg(clip_id)
 
     def stop(self) -> None:
         """Stop at once (Ctrl-C): the clips not started and those running come back `not_attempted` (reason
@@ -462,7 +464,8 @@ class DownloadSession:
             self._cond.notify_all()
         for job in self._drain() + running:
             self._resolve(job, self._interrupted_result(job))
-        self._kill_ffmpeg(None)
+        for job in running:
+            self._kill_ffmpeg(job.clip_id)
 
     def _killed_by_ctrl_c(self, result: DownloadResult) -> bool:
         """Whether a failure is the run's Ctrl-C, which reaches the ffmpeg cutting a clip (it shares the run's
@@ -488,19 +491,21 @@ class DownloadSession:
         return DownloadResult(job.clip_id, job.segment.youtube_id, "not_attempted", "interrupted",
                               "the run was interrupted before this clip's download finished", None)
 
-    def _kill_ffmpeg(self, clip_id: str | None) -> None:
-        """Kill the ffmpeg processes (yt-dlp's children, cutting partial downloads) writing into this session's
-        folder: of one clip, or all of them. Found by their command line, which names the output file."""
+    def _kill_ffmpeg(self, clip_id: str) -> None:
+        """Kill the ffmpeg processes (yt-dlp's children, cutting partial downloads) writing one clip of this session
+        into its folder, found by their command line, which names the output file. Only this session's clips:
+        other sessions of the process (shard tasks on the threads of one Dask worker or task runner) may be cutting
+        theirs into the same folder; killing every ffmpeg there at `close` failed their downloads."""
         if self.out_dir is None:
             return
         folder = str(self.out_dir)
-        stem = clip_stem(clip_id).replace("%%", "%") if clip_id is not None else None
+        stem = clip_stem(clip_id).replace("%%", "%")
         for proc in _ffmpeg_children():
             try:
                 args = proc.cmdline()
             except psutil.Error:
                 continue
-            if any(folder in a and (stem is None or stem in a) for a in args):
+            if any(folder in a and stem in a for a in args):
                 try:
                     proc.kill()
                 except psutil.Error:

@@ -14,9 +14,11 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections import Counter
 from concurrent.futures import wait
 
+import psutil
 import pytest
 
 from pipeline.download import DownloadConfig, DownloadSession, download_clips
@@ -209,6 +211,40 @@ def test_read_timeout_ends_a_stall_before_the_deadline(served, tmp_path, partial
     assert (result.status, result.path) == ("failed", None)
     assert result.reason != "deadline"  # ended by the read timeout, not by the deadline
     assert ("ffmpeg exited with code" if partial else "timed out") in result.message
+
+
+def test_a_session_that_closes_leaves_another_sessions_ffmpeg_alone(served, tmp_path):
+    """Two sessions of one process on one download folder (the shard tasks of a Dask worker or a Prefect task
+    runner): the first closing while the second's partial download is being cut must not kill that ffmpeg. It
+    did (`close` killed every ffmpeg writing into the folder), and the second clip came back `failed` (`ffmpeg
+    exited with code -9`) or, with the whole-video fallback, was taken from another download than the reference
+    run's (its embeddings off by a few percent)."""
+    # the video is 14 kB: its cut takes seconds at 8 kB/s
+    root = served(["SlowSlow000"], {"SlowSlow000": [{"trickle_bytes_per_second": 8_000}] * 20})
+    with VideoServer(root) as server:
+        cfg = _config(server.url_template, partial=True, fallback_whole=False)
+        with DownloadSession(cfg, tmp_path / "out") as slow:
+            cut = slow.submit(*_clip("SlowSlow000", 1.0, 9.0))
+            until = time.monotonic() + 60
+            while not _ffmpeg_cutting("SlowSlow000") and not cut.done() and time.monotonic() < until:
+                time.sleep(0.05)
+            assert _ffmpeg_cutting("SlowSlow000"), cut.result() if cut.done() else "no ffmpeg within 60 s"
+            with DownloadSession(cfg, tmp_path / "out") as quick:
+                assert quick.submit(*_clip(GOOD[0])).result(timeout=60).status == "available"
+            assert _ffmpeg_cutting("SlowSlow000") and not cut.done()  # `quick` closed while `slow`'s ffmpeg runs
+            result = cut.result(timeout=120)
+    assert (result.status, result.message) == ("available", ""), result
+
+
+def _ffmpeg_cutting(youtube_id: str) -> bool:
+    """Whether an ffmpeg of this process is writing the clip of `youtube_id`."""
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "ffmpeg" in proc.name() and any(youtube_id in a for a in proc.cmdline()):
+                return True
+        except psutil.Error:
+            continue
+    return False
 
 
 def test_close_cancels_what_has_not_started(served, tmp_path):
