@@ -11,21 +11,23 @@ full suite, setup + call + teardown of each test); a file not listed is ordered 
 from __future__ import annotations
 
 MEASURED_SECONDS = {
-    "tests/detection/test_acceptance.py": 145,
-    "tests/flows/test_extract_e2e.py": 124,
-    "tests/flows/test_paper_pool.py": 121,
-    "tests/training/test_learning.py": 99,
-    "tests/flows/test_prefect_deployment.py": 88,
-    "tests/flows/test_signals.py": 87,
-    "tests/flows/test_dask_runner.py": 82,
-    "tests/training/test_compiled_step.py": 77,
-    "tests/training/test_group.py": 68,
-    "tests/flows/test_prefect_in_process.py": 62,
-    "tests/grid/test_paper.py": 55,
-    "tests/avsed/test_demo.py": 49,
-    "tests/flows/test_store_reliability.py": 49,
-    "tests/training/test_gate.py": 33,
-    "tests/pipeline/test_download_session.py": 26,
+    "tests/detection/test_acceptance.py": 124,
+    "tests/flows/test_paper_pool.py": 111,
+    "tests/training/test_learning.py": 104,
+    "tests/flows/test_prefect_deployment.py": 73,
+    "tests/flows/test_extract_e2e.py": 72,
+    "tests/training/test_group.py": 70,
+    "tests/training/test_compiled_step.py": 65,
+    "tests/flows/test_signals.py": 64,
+    "tests/flows/test_prefect_in_process.py": 45,
+    "tests/avsed/test_demo.py": 44,
+    "tests/flows/test_store_reliability.py": 44,
+    "tests/flows/test_dask_runner.py": 38,
+    "tests/grid/test_paper.py": 34,
+    "tests/pipeline/test_download_session.py": 30,
+    "tests/training/test_gate.py": 28,
+    "tests/pipeline/test_streaming.py": 18,
+    "tests/evaluation/test_gate.py": 17,
 }
 
 

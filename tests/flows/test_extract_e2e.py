@@ -17,7 +17,7 @@ from pipeline.ledger import Ledger
 from avsed.synthetic.video_host import VideoServer
 from pipeline.status import store_status
 from avsed.core.store import FeatureStore
-from tests.flows.conftest import copy_set, extract_config
+from tests.flows.conftest import copy_set, extract_config, prefect_home
 from tests.pipeline.extracted_store import FRAME_SIZE
 from tests.flows.faults import KILLED, run_killed_at_event
 
@@ -232,12 +232,14 @@ def test_streamed_store_equals_a_clip_by_clip_reference(reference_run, tmp_path)
     assert checked == int(store.present("openl3").sum()) >= 4
 
 
-def test_in_process_flow_prints_no_traceback_and_a_refusal_is_one_line(synth_set, tmp_path):
-    """`avsed extract` through Prefect in-process on a fresh PREFECT_HOME: a run prints no traceback (Prefect's own
-    machinery included), and an expected error (a missing weights file) is one line, from a plan task tried once."""
+def test_in_process_flow_prints_no_traceback_and_a_refusal_is_one_line(synth_set, prefect_home_template, tmp_path):
+    """`avsed extract` through Prefect in-process: a run prints no traceback (Prefect's own machinery included),
+    and an expected error (a missing weights file) is one line, from a plan task tried once. (On a copy of the
+    migrated Prefect home: the same on a fresh one is tests/flows/test_prefect_in_process.py's first test.)"""
     data = copy_set(synth_set, tmp_path / "data")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}  # the CLI's own defaults apply
-    env.update(PREFECT_HOME=str(tmp_path / "prefect-home"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+    home = prefect_home(prefect_home_template, tmp_path / "prefect-home")
+    env.update(PREFECT_HOME=str(home), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
                AVSED_WEIGHTS_DIR=str(tmp_path / "no-weights"), TORCH_HOME=str(tmp_path / "no-torch-home"))
     with VideoServer(data / "videos") as server:
         base = [sys.executable, "-m", "avsed.cli", "extract", "--metadata", str(data / "metadata"), "--audio-dir",

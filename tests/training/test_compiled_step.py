@@ -40,7 +40,8 @@ def _trained(synthetic_store, tmp_path, architecture, encoders, seeds, compile, 
     return group
 
 
-# The fewest cases that cover both architectures, 1, 2 and 3 streams, one seed and a vmap group of two, through
+# The fewest cases that cover both architectures, 1, 2 and 3 streams, one seed and a vmap group of two (three: a
+# fourth, the transformer with 2 streams and one seed, cost 15 s of the suite and covered no other path), through
 # Dynamo and AOTAutograd (the graphs Inductor compiles; "aot_eager" runs them with eager kernels: that is where
 # torch 2.11 dropped the 0-dim step counter's update, training/optimizer.py). One case through Inductor itself,
 # whose C++ kernels take minutes to build on a small CPU (measured 2026-12-07 on the shared 2-core machine: 908 s,
@@ -52,10 +53,9 @@ _CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA d
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend,architecture,encoders,seeds,device", [
-    ("aot_eager", "transformer", ["logmel", "openl3"], [0], "cpu"),
     ("aot_eager", "conformer", ["logmel"], [0], "cpu"),
     ("aot_eager", "conformer", ["logmel", "openl3", "tce"], [0, 1], "cpu"),
-    ("aot_eager", "transformer", ["logmel", "openl3", "tce"], [0, 1], "cpu"),
+    ("aot_eager", "transformer", ["logmel", "openl3"], [0, 1], "cpu"),
     pytest.param("inductor", "transformer", ["logmel", "openl3"], [0], "cpu", marks=_INDUCTOR_ON_CPU),
     pytest.param("inductor", "transformer", ["logmel", "openl3"], [0], "cuda", marks=_CUDA),
     pytest.param("inductor", "conformer", ["logmel", "openl3", "tce"], [0, 1], "cuda", marks=_CUDA),
