@@ -24,7 +24,7 @@ from avsed.core.labels import ClipTiming, Event
 from avsed.core.store import FeatureStore
 from training.checkpoint import RunMismatch, read_checkpoint
 from training.config import AUDIO_STREAM, TrainConfig
-from training.data import ClipSet, load_clips
+from training.data import ClipSet, TrainingDataError, load_clips
 from training.fusion import resolve_weights
 from training.models import build_model
 from training.train import CHECKPOINT, resolve_device
@@ -106,6 +106,7 @@ class StoreClips:
     video_available: np.ndarray  # (n,) bool
     classes: tuple[str, ...]
     timing: ClipTiming
+    store_path: str
 
     def __len__(self) -> int:
         return len(self.clips.rows)
@@ -113,10 +114,13 @@ class StoreClips:
     def subset(self, partitions: Sequence[str]) -> "StoreClips":
         """The clips of `partitions` (in store order, as `load_store_clips` of those partitions alone gives)."""
         keep = np.flatnonzero(np.isin(self.clips.partitions, list(partitions)))
+        if len(keep) == 0:  # as load_clips refuses partitions without clips
+            raise TrainingDataError(f"{self.store_path}: no clips with {AUDIO_STREAM} in partitions {list(partitions)}")
         c = self.clips
         clips = dataclasses.replace(c, rows=c.rows[keep], clip_ids=c.clip_ids[keep], partitions=c.partitions[keep],
                                     durations=c.durations[keep], tensors=c.tensors.take(torch.from_numpy(keep)))
-        return StoreClips(clips, [self.events[i] for i in keep], self.video_available[keep], self.classes, self.timing)
+        return StoreClips(clips, [self.events[i] for i in keep], self.video_available[keep], self.classes, self.timing,
+                          self.store_path)
 
 
 def load_store_clips(model: TrainedModel, store_path: str | Path, partitions: Sequence[str],
@@ -139,7 +143,7 @@ def load_store_clips(model: TrainedModel, store_path: str | Path, partitions: Se
         name = video_feature or next((f for f in store.feature_names() if f != AUDIO_STREAM), None)
         video = store.present(name)[data.rows] if name else np.zeros(len(data.rows), dtype=bool)
     all_events = store.clip_events()
-    return StoreClips(data, [all_events[r] for r in data.rows], video, store.classes, store.timing)
+    return StoreClips(data, [all_events[r] for r in data.rows], video, store.classes, store.timing, str(store.path))
 
 
 @torch.no_grad()

@@ -79,6 +79,24 @@ def test_choose_audio_weight_predicts_validation_at_each_weight(trained):
     assert len({own[w].frame_probs.tobytes() for w in PAPER_AUDIO_WEIGHTS}) == 4
 
 
+def test_evaluation_loads_once_and_scores_what_predict_gives(trained):
+    """evaluate_checkpoint reads the checkpoint and both partitions once (training/predict.py: load_trained,
+    load_store_clips); its test predictions are those of a one-call `predict` of that partition at the chosen
+    weight, bit for bit, and a partition without clips is one line naming it, as load_clips says it."""
+    from evaluation.run import evaluate_checkpoint
+    from training.data import TrainingDataError
+    from training.predict import predict
+
+    store, run = trained
+    done = evaluate_checkpoint(run, store, audio_weight_grid=PAPER_AUDIO_WEIGHTS, device="cpu", example_clips=0)
+    alone = predict(run, store, ["eval"], audio_weight=done.result.info["audio_weight"], device="cpu")
+    assert list(done.test.clip_ids) == list(alone.clip_ids)
+    np.testing.assert_array_equal(done.test.frame_probs, alone.frame_probs)
+    np.testing.assert_array_equal(done.test.clip_probs, alone.clip_probs)
+    with pytest.raises(TrainingDataError, match=r"no clips with logmel in partitions \['nowhere'\]"):
+        evaluate_checkpoint(run, store, validation_partition="nowhere", device="cpu", example_clips=0)
+
+
 @pytest.mark.slow  # end to end: `avsed evaluate` twice on a trained run, with every plot
 def test_evaluate_teacher_from_argv(trained, tmp_path, capsys):
     from avsed.cli import main
