@@ -82,34 +82,37 @@ def read_video_truth(path: str | Path) -> dict[str, str]:
     return {r["clip_id"]: r["kind"] for r in rows}
 
 
-def learned_weights(checkpoint: str | Path | TrainedModel, store: str | Path | StoreClips,
+def learned_weights(checkpoint: str | Path | TrainedModel, store: str | Path | Sequence[StoreClips],
                     partitions: Sequence[str] = ("eval",), video_truth: Mapping[str, str] | None = None,
                     device: str = "auto", use_teacher: bool = False, batch_size: int = 256) -> ClipWeights:
     """Run the checkpoint's encoders and gate over the partitions' clips with its default inference weights as
-    the prior (what `predict` gives the model) and return the weights it interpolates with. Given a loaded model
-    and clips (training/predict.py), neither is read again (device, use_teacher and partitions are then theirs)."""
+    the prior (what `predict` gives the model) and return the weights it interpolates with, in store order.
+    Given a loaded model and clip sets (training/predict.py), neither is read again (device, use_teacher and
+    partitions are then theirs)."""
     model = checkpoint if isinstance(checkpoint, TrainedModel) else load_trained(checkpoint, device, use_teacher)
-    clips = store if isinstance(store, StoreClips) else load_store_clips(model, store, partitions)
+    sets = list(store) if not isinstance(store, (str, Path)) else [load_store_clips(model, store, partitions)]
     config, network, dev = model.config, model.network, model.device
     prior = torch.tensor(config.default_inference_weights(), dtype=torch.float32)
-    t, n = clips.clips.tensors, len(clips)
     chunks = []
     with torch.no_grad():
-        for s in range(0, n, batch_size):
-            b = t.take(torch.arange(s, min(s + batch_size, n))).to(dev)
-            w = network.interpolation_weights(b.logmel.float(), [v.float() for v in b.visual], b.visual_valid,
-                                              resolve_weights(prior.to(dev), b.available))
-            chunks.append(w.float().cpu())
-    weights = torch.cat(chunks).numpy()
+        for clips in sets:
+            t, n = clips.clips.tensors, len(clips)
+            for s in range(0, n, batch_size):
+                b = t.take(torch.arange(s, min(s + batch_size, n))).to(dev)
+                w = network.interpolation_weights(b.logmel.float(), [v.float() for v in b.visual], b.visual_valid,
+                                                  resolve_weights(prior.to(dev), b.available))
+                chunks.append(w.float().cpu())
+    order = np.argsort(np.concatenate([c.clips.rows for c in sets]), kind="stable")  # the store's order
+    weights = torch.cat(chunks).numpy()[order]
     frame_weights = None
     if weights.ndim == 3:  # per decoder position: the frames, then the class token
         frame_weights = weights[:, :-1]
         weights = frame_weights.mean(axis=1)
-    available = t.available.cpu().numpy()
-    ids = clips.clips.clip_ids
+    available = np.concatenate([c.clips.tensors.available.cpu().numpy() for c in sets])[order]
+    ids = np.concatenate([c.clips.clip_ids for c in sets])[order]
+    partition = np.concatenate([c.clips.partitions for c in sets])[order]
     kinds = video_kinds(ids, available[:, 1:].any(axis=1), video_truth)
-    return ClipWeights(ids, clips.clips.partitions, kinds, list(config.encoders), weights, frame_weights,
-                       config.model.gate.mode)
+    return ClipWeights(ids, partition, kinds, list(config.encoders), weights, frame_weights, config.model.gate.mode)
 
 
 def kind_summary(weights: ClipWeights, partition: str | None = "eval") -> dict[str, dict[str, float]]:

@@ -124,7 +124,8 @@ def evaluate_checkpoint(checkpoint: str | Path, store: str | Path, out_dir: str 
     truth/videos.tsv), for a learned gate's weights."""
     if video_truth is not None and not isinstance(video_truth, Mapping):
         video_truth = read_video_truth(video_truth)
-    # The checkpoint and the two partitions are read once; every prediction below reuses them.
+    # The checkpoint and each partition are read once; every prediction below reuses them. (Each partition on its
+    # own: both in one read and then split would hold every clip twice.)
     model = load_trained(checkpoint, device, use_teacher)
     train_config = model.config
     info = {"model": model_name(train_config, use_teacher), "seed": train_config.seed, "checkpoint": str(checkpoint),
@@ -134,8 +135,8 @@ def evaluate_checkpoint(checkpoint: str | Path, store: str | Path, out_dir: str 
     learned = is_learned(train_config)
     if learned:
         info["interpolation_weights"] = f"learned per {train_config.model.gate.mode}"
-    clips = load_store_clips(model, store, [validation_partition, test_partition])
-    val_clips, test_clips = clips.subset([validation_partition]), clips.subset([test_partition])
+    val_clips = load_store_clips(model, store, [validation_partition])
+    test_clips = load_store_clips(model, store, [test_partition])
     if audio_weight is None and audio_weight_grid and multi and not learned:
         audio_weight, grid_scores = choose_audio_weight(model, val_clips, audio_weight_grid, config)
         info["audio_weight_validation_ebf1"] = grid_scores
@@ -153,7 +154,7 @@ def evaluate_checkpoint(checkpoint: str | Path, store: str | Path, out_dir: str 
                       info=info)
     gate = None
     if learned:
-        gate = learned_weights(model, clips, video_truth=video_truth)
+        gate = learned_weights(model, [val_clips, test_clips], video_truth=video_truth)
         result.info["learned_weights"] = kind_summary(gate, test_partition)
     out = None
     if out_dir is not None:

@@ -11,7 +11,6 @@ partition), load the model (`load_trained`) and the clips (`load_store_clips`) o
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from avsed.core.labels import ClipTiming, Event
 from avsed.core.store import FeatureStore
 from training.checkpoint import RunMismatch, read_checkpoint
 from training.config import AUDIO_STREAM, TrainConfig
-from training.data import ClipSet, TrainingDataError, load_clips
+from training.data import ClipSet, load_clips
 from training.fusion import resolve_weights
 from training.models import build_model
 from training.train import CHECKPOINT, resolve_device
@@ -83,7 +82,6 @@ class TrainedModel:
     device: torch.device
     provenance: dict[str, dict]  # feature -> how the store's feature the run trained on was made
     step: int
-    teacher: bool
 
 
 def load_trained(checkpoint: str | Path, device: str = "auto", use_teacher: bool = False) -> TrainedModel:
@@ -93,7 +91,7 @@ def load_trained(checkpoint: str | Path, device: str = "auto", use_teacher: bool
     network = build_model(config.model, ckpt["visual_dims"])
     network.load_state_dict(ckpt["teacher" if use_teacher else "model"])
     network.to(dev).eval()
-    return TrainedModel(config, network, dev, ckpt["provenance"], int(ckpt.get("step", -1)), use_teacher)
+    return TrainedModel(config, network, dev, ckpt["provenance"], int(ckpt.get("step", -1)))
 
 
 @dataclass
@@ -106,21 +104,9 @@ class StoreClips:
     video_available: np.ndarray  # (n,) bool
     classes: tuple[str, ...]
     timing: ClipTiming
-    store_path: str
 
     def __len__(self) -> int:
         return len(self.clips.rows)
-
-    def subset(self, partitions: Sequence[str]) -> "StoreClips":
-        """The clips of `partitions` (in store order, as `load_store_clips` of those partitions alone gives)."""
-        keep = np.flatnonzero(np.isin(self.clips.partitions, list(partitions)))
-        if len(keep) == 0:  # as load_clips refuses partitions without clips
-            raise TrainingDataError(f"{self.store_path}: no clips with {AUDIO_STREAM} in partitions {list(partitions)}")
-        c = self.clips
-        clips = dataclasses.replace(c, rows=c.rows[keep], clip_ids=c.clip_ids[keep], partitions=c.partitions[keep],
-                                    durations=c.durations[keep], tensors=c.tensors.take(torch.from_numpy(keep)))
-        return StoreClips(clips, [self.events[i] for i in keep], self.video_available[keep], self.classes, self.timing,
-                          self.store_path)
 
 
 def load_store_clips(model: TrainedModel, store_path: str | Path, partitions: Sequence[str],
@@ -143,7 +129,7 @@ def load_store_clips(model: TrainedModel, store_path: str | Path, partitions: Se
         name = video_feature or next((f for f in store.feature_names() if f != AUDIO_STREAM), None)
         video = store.present(name)[data.rows] if name else np.zeros(len(data.rows), dtype=bool)
     all_events = store.clip_events()
-    return StoreClips(data, [all_events[r] for r in data.rows], video, store.classes, store.timing, str(store.path))
+    return StoreClips(data, [all_events[r] for r in data.rows], video, store.classes, store.timing)
 
 
 @torch.no_grad()

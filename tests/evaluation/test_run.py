@@ -80,7 +80,7 @@ def test_choose_audio_weight_predicts_validation_at_each_weight(trained):
 
 
 def test_evaluation_loads_once_and_scores_what_predict_gives(trained):
-    """evaluate_checkpoint reads the checkpoint and both partitions once (training/predict.py: load_trained,
+    """evaluate_checkpoint reads the checkpoint once and each partition once (training/predict.py: load_trained,
     load_store_clips); its test predictions are those of a one-call `predict` of that partition at the chosen
     weight, bit for bit, and a partition without clips is one line naming it, as load_clips says it."""
     from evaluation.run import evaluate_checkpoint
