@@ -5,6 +5,14 @@ Without a `PREFECT_API_URL`, Prefect starts a temporary API server as a child pr
 stops it at exit; a process killed outright never gets there, and its server (~220 MB) lives on with parent 1.
 This one is the same server (the same uvicorn command and settings as Prefect's temporary one) started with a
 parent-death signal: the kernel sends it SIGTERM when its parent dies, however it dies.
+
+What the server prints while the run goes on reaches this process's stderr, as with Prefect's own, but for two
+kinds of noise, which go to `local-api.log` in PREFECT_HOME instead: what it prints once this process stops it,
+and the records of SQLAlchemy's connection pool. On a loaded machine a request or a service cancelled mid-call
+(a client that hung up, the server's own shutdown) leaves a connection whose rollback is cancelled too; the pool
+logs that as a traceback ("Exception during reset or similar ... CancelledError") and discards the connection.
+Nothing of the run is lost (the CI saw one after the flow run had finished and recorded everything), and a
+traceback on the user's terminal says there is a bug to report.
 """
 
 from __future__ import annotations
@@ -12,17 +20,24 @@ from __future__ import annotations
 import atexit
 import ctypes
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from pathlib import Path
 
 __all__ = ["LocalApiServer", "start_local_api"]
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _PORT_IN_USE = 3  # uvicorn's exit status when it cannot bind
+# The head of a record in Prefect's log format ("21:01:59.093 | ERROR   | logger.name - message"); what follows it
+# up to the next head (a traceback) belongs to it. Group 1: the logger's name.
+_RECORD_HEAD = re.compile(r"^\d\d:\d\d:\d\d\.\d+ \| \w+\s*\| (\S+) - ")
+_DIVERTED_LOGGERS = ("sqlalchemy.pool",)
 
 
 def _parent_death_signal():
@@ -59,22 +74,75 @@ class LocalApiServer:
                                      os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120"))
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+        self._relay: threading.Thread | None = None
 
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
+    def command(self, port: int) -> list[str]:
+        """The server's command line: Prefect's own temporary server (no UI, ephemeral mode: its services as
+        Prefect runs them then)."""
+        return [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--host",
+                "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"]
+
+    @property
+    def log_path(self) -> Path:
+        return Path(os.environ.get("PREFECT_HOME", "~/.prefect")).expanduser() / "local-api.log"
+
     def _launch(self) -> subprocess.Popen:
         self.port = _free_port()
-        # Prefect's own temporary server: no UI, ephemeral mode (its services as Prefect runs them then).
         env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
         env.pop("PREFECT_API_URL", None)
-        return subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app", "--host",
-             "127.0.0.1", "--port", str(self.port), "--log-level", "error", "--lifespan", "on"],
+        process = subprocess.Popen(
+            self.command(self.port),
             # A session of its own: the Ctrl-C meant for the run (its process group) must not take the API server
             # down under the flow's own shutdown; it ends with this process (the death signal, `stop` at exit).
-            env=env, stdin=subprocess.DEVNULL, preexec_fn=_parent_death_signal(), start_new_session=True)
+            env=env, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_parent_death_signal(),
+            start_new_session=True)
+        self._relay = threading.Thread(target=self._relay_stderr, args=(process.stderr,), daemon=True,
+                                       name="local-api-stderr")
+        self._relay.start()
+        return process
+
+    def _relay_stderr(self, pipe) -> None:
+        """Copy the server's stderr to ours line by line, but for the noise of the module docstring, which is
+        appended to `log_path` (opened at its first line: a run without noise writes nothing)."""
+        log = None
+        opened = diverting = False
+        try:
+            for raw in iter(pipe.readline, b""):
+                line = raw.decode(errors="replace")
+                head = _RECORD_HEAD.match(line)
+                if head:
+                    diverting = head.group(1).startswith(_DIVERTED_LOGGERS)
+                if not (diverting or self._stopping.is_set()):
+                    sys.stderr.write(line)
+                    sys.stderr.flush()
+                    continue
+                if not opened:
+                    log, opened = self._open_log(), True
+                if log is not None:
+                    log.write(line)
+                    log.flush()
+        finally:
+            pipe.close()
+            if log is not None:
+                log.close()
+
+    def _open_log(self):
+        try:
+            log = self.log_path.open("a")
+        except OSError:
+            return None  # a home that cannot be written: the lines are noise, nothing of the run
+        log.write(f"--- Prefect API server on port {self.port} of process {os.getpid()}, "
+                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        return log
+
+    def _join_relay(self) -> None:
+        if self._relay is not None:
+            self._relay.join(timeout=5)
 
     def start(self) -> "LocalApiServer":
         if self.process is not None:
@@ -89,6 +157,7 @@ class LocalApiServer:
                 continue
             if code is not None:
                 self.process = None
+                self._join_relay()  # its last messages are printed before the error that points at them
                 raise RuntimeError(f"the local Prefect API server exited at start-up with status {code} (its "
                                    f"messages are above); PREFECT_HOME={os.environ.get('PREFECT_HOME', '~/.prefect')}")
             try:
@@ -106,12 +175,14 @@ class LocalApiServer:
         process, self.process = self.process, None
         if process is None:
             return
+        self._stopping.set()
         process.terminate()
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        self._join_relay()
 
 
 def start_local_api() -> LocalApiServer | None:
