@@ -108,7 +108,10 @@ class LocalApiServer:
 
     def _relay_stderr(self, pipe) -> None:
         """Copy the server's stderr to ours line by line, but for the noise of the module docstring, which is
-        appended to `log_path` (opened at its first line: a run without noise writes nothing)."""
+        appended to `log_path` (opened at its first line: a run without noise writes nothing).
+
+        The pipe is read to its end whatever happens to the writes: a server whose stderr is not read blocks on
+        its next message, and the run with it. A log that cannot be written (a full disk) is given up."""
         log = None
         opened = diverting = False
         try:
@@ -118,26 +121,34 @@ class LocalApiServer:
                 if head:
                     diverting = head.group(1).startswith(_DIVERTED_LOGGERS)
                 if not (diverting or self._stopping.is_set()):
-                    sys.stderr.write(line)
-                    sys.stderr.flush()
+                    try:
+                        sys.stderr.write(line)
+                        sys.stderr.flush()
+                    except (OSError, ValueError):  # our stderr closed or gone (a closed pipe)
+                        pass
                     continue
                 if not opened:
                     log, opened = self._open_log(), True
                 if log is not None:
-                    log.write(line)
-                    log.flush()
+                    try:
+                        log.write(line)
+                        log.flush()
+                    except OSError:
+                        log = _close_quietly(log)
         finally:
             pipe.close()
-            if log is not None:
-                log.close()
+            _close_quietly(log)
 
     def _open_log(self):
         try:
             log = self.log_path.open("a")
         except OSError:
             return None  # a home that cannot be written: the lines are noise, nothing of the run
-        log.write(f"--- Prefect API server on port {self.port} of process {os.getpid()}, "
-                  f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        try:
+            log.write(f"--- Prefect API server on port {self.port} of process {os.getpid()}, "
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        except OSError:
+            return _close_quietly(log)
         return log
 
     def _join_relay(self) -> None:
@@ -183,6 +194,14 @@ class LocalApiServer:
             process.kill()
             process.wait()
         self._join_relay()
+
+
+def _close_quietly(log) -> None:
+    if log is not None:
+        try:
+            log.close()
+        except OSError:
+            pass
 
 
 def start_local_api() -> LocalApiServer | None:

@@ -41,8 +41,8 @@ server.serve_forever()
 
 
 class FakeServer(LocalApiServer):
-    def __init__(self, script: str):
-        super().__init__(startup_timeout=30)
+    def __init__(self, script: str, startup_timeout: float = 30):
+        super().__init__(startup_timeout=startup_timeout)
         self.script = script
 
     def command(self, port: int) -> list[str]:
@@ -75,3 +75,20 @@ def test_a_server_that_dies_at_start_up_shows_its_messages_before_the_error(tmp_
         server.start()
     assert "the database cannot be migrated" in capsys.readouterr().err
     assert not (tmp_path / "local-api.log").exists()
+
+
+def test_a_log_that_cannot_be_written_neither_blocks_the_server_nor_prints_a_traceback(tmp_path, monkeypatch, capsys):
+    """The log on a full disk (/dev/full: every write ENOSPC) while the server prints 200 kB of pool records before
+    it answers, more than a pipe holds: the relay goes on reading, or the server would block and never answer."""
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    (tmp_path / "local-api.log").symlink_to("/dev/full")
+    record = ("21:01:59.093 | ERROR   | sqlalchemy.pool.impl.AsyncAdaptedQueuePool - Exception during reset or "
+              "similar\nasyncio.exceptions.CancelledError\n")
+    noisy = FAKE_SERVER.replace("server.serve_forever()", f"sys.stderr.write({record!r} * 2000); sys.stderr.write("
+                                "'21:02:00.000 | WARNING | prefect.server - after the noise\\n'); sys.stderr.flush()\n"
+                                "server.serve_forever()")
+    server = FakeServer(noisy, startup_timeout=20).start()
+    server.stop()
+    err = capsys.readouterr().err
+    assert "a message of the running server" in err and "after the noise" in err
+    assert "Traceback" not in err and "Exception in thread" not in err and "CancelledError" not in err
