@@ -255,6 +255,8 @@ class TorchImageExtractor(FrameExtractor):
         frame's output is the same whatever else shares its batch. Asynchronous on a GPU: the caller synchronises.
         """
         self.load()
+        if self.device.type == "cpu":
+            pin_cpu_threads(self.config.num_threads)
         n, bs = int(x.shape[0]), self.batch_frames
         with torch.inference_mode(), autocast_context(self.config.autocast, self.device):
             out = torch.empty((n, self.dim), dtype=torch.float32, device=x.device)
@@ -288,6 +290,17 @@ class TorchImageExtractor(FrameExtractor):
             inverse, work = None, frames
         out = self.forward_uploaded(self.upload(work)).cpu().numpy()
         return out if inverse is None else out[inverse]
+
+
+def pin_cpu_threads(num_threads: int | None) -> None:
+    """Make this thread's CPU kernels use `num_threads` (None: torch's process-wide setting).
+
+    On CPU the fully connected layers (VGG16's) are MKL GEMMs whose sums are split by thread, so their values
+    depend on the thread count. MKL's count is per thread, and a thread (the pipeline's embedding thread, a
+    Prefect task's) that reaches a GEMM before torch has set it up uses MKL's own default (the machine's cores),
+    whatever torch.set_num_threads said: the same frames then gave other bits in one process than in another.
+    Setting it in the thread that runs the network makes the values a function of the setting alone."""
+    torch.set_num_threads(int(num_threads or torch.get_num_threads()))
 
 
 def load_state_dict_checked(net: torch.nn.Module, state: dict[str, torch.Tensor], path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -261,3 +262,35 @@ def test_in_process_flow_prints_no_traceback_and_a_refusal_is_one_line(synth_set
                                 "not found") and "--allow-random-weights" in errors[0]
     # the plan task ran once: no retry of an error that cannot succeed on a retry
     assert out.count("Task run 'plan' - Finished in state Failed") == 1 and "Retry" not in out
+
+
+
+RUN_AFTER_SETTING_THREADS = """
+import json, sys
+import torch
+torch.set_num_threads(int(sys.argv[2]))  # what the process said before the extraction (a notebook, the demo)
+from pipeline.extract import ExtractConfig, run_extraction
+run_extraction(ExtractConfig.from_dict(json.loads(sys.argv[1])), progress=False)
+"""
+
+
+def test_the_image_networks_threads_are_their_setting_whatever_the_process_said_before(synth_set, tmp_path):
+    """Two processes, one that set torch to 1 thread first and one to 2, extract with `num_threads` 1: the same
+    bits. VGG16's GEMMs round differently with 2 threads, and the pipeline's embedding thread used MKL's own
+    count, not the setting (found as a store written in a Prefect worker that differed in the last float16 bit
+    from the reference run, depending on which tests had run before in the reference's pytest process)."""
+    root = Path(__file__).resolve().parents[2]
+    stores = {}
+    for threads in (1, 2):
+        data = copy_set(synth_set, tmp_path / f"data{threads}")
+        stores[threads] = tmp_path / f"features{threads}.zarr"
+        with VideoServer(data / "videos") as server:
+            cfg = extract_config(data, stores[threads], server.url_template, features=("logmel", "vgg16"))
+            run = subprocess.run([sys.executable, "-c", RUN_AFTER_SETTING_THREADS, json.dumps(cfg.to_dict()),
+                                  str(threads)], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+                                 capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr[-3000:]
+    one, two = _arrays(stores[1]), _arrays(stores[2])
+    assert FeatureStore.open(stores[1]).present("vgg16").sum() >= 4
+    for name in one:
+        np.testing.assert_array_equal(two[name], one[name], err_msg=name)
