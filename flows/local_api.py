@@ -158,6 +158,7 @@ class LocalApiServer:
     def start(self) -> "LocalApiServer":
         if self.process is not None:
             return self
+        self._stopping.clear()  # a server started again after `stop`: its messages reach the terminal again
         self.process = self._launch()
         atexit.register(self.stop)
         deadline = time.monotonic() + self.startup_timeout

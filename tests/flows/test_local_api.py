@@ -92,3 +92,12 @@ def test_a_log_that_cannot_be_written_neither_blocks_the_server_nor_prints_a_tra
     err = capsys.readouterr().err
     assert "a message of the running server" in err and "after the noise" in err
     assert "Traceback" not in err and "Exception in thread" not in err and "CancelledError" not in err
+
+
+def test_a_server_started_again_after_stop_is_heard_again(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    server = FakeServer(FAKE_SERVER)
+    server.start().stop()
+    capsys.readouterr()
+    server.start().stop()
+    assert "a message of the running server" in capsys.readouterr().err
