@@ -65,6 +65,15 @@ class StoreLock:
         except (OSError, ValueError):
             return {}
 
+    def _written_holder(self, wait: float = 1.0) -> dict[str, Any]:
+        """The holder's record, waited for: a holder writes it just after taking the lock (truncate, then write),
+        so a run refused in between read an empty file and named "another run" (seen on a loaded machine). An
+        empty record after `wait` seconds (a lock file of a run that never wrote one) is what it is."""
+        deadline = time.monotonic() + wait
+        while not (h := self.holder()) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return h
+
     def acquire(self) -> "StoreLock":
         import fcntl
 
@@ -79,7 +88,7 @@ class StoreLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 os.close(fd)
-                h = self.holder()
+                h = self._written_holder()
                 who = (f"{h.get('purpose', 'a run')} (pid {h.get('pid', '?')} on {h.get('host', '?')}, since "
                        f"{h.get('since', '?')})") if h else "another run"
                 raise StoreLockedError(

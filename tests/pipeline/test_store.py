@@ -246,6 +246,30 @@ def test_a_second_writer_is_refused_with_the_holder_and_a_killed_holder_frees_th
     assert not StoreLock.held(store)
 
 
+def test_a_run_refused_while_the_holder_writes_its_record_still_names_the_holder(tmp_path):
+    """The holder truncates the lock file and then writes its record: a run refused in between read an empty file
+    and said "another run" (the full suite saw it once on a loaded machine). The lock is taken here with an empty
+    record, and the record is written 0.2 s later."""
+    import fcntl
+    import json
+    import threading
+
+    store = tmp_path / "s.zarr"
+    lock_file = tmp_path / "s.zarr.lock"
+    record = {"host": "gpu7", "pid": 4242, "purpose": "extract", "since": "2026-12-07T22:00:00+0000"}
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    writer = threading.Timer(0.2, lambda: os.pwrite(fd, json.dumps(record).encode(), 0))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another open file: a conflicting lock, even in this process
+        writer.start()
+        with pytest.raises(StoreLockedError, match=r"being written by extract \(pid 4242 on gpu7"):
+            StoreLock(store, purpose="extract").acquire()
+    finally:
+        writer.cancel()
+        writer.join()
+        os.close(fd)
+
+
 def test_an_interrupted_change_is_finished_by_the_next_writer_and_refused_to_readers(tmp_path, monkeypatch):
     path = tmp_path / "s.zarr"
     with FeatureStore.create_or_open(path) as s:
